@@ -1,0 +1,284 @@
+//! Command-line flags. Parsing has no side effects: it produces `MountArgs` and friends, and
+//! `run` turns them into a running mount. Every flag also reads an environment variable.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use url::Url;
+
+use crate::auth::AuthMode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kvfs",
+    version,
+    about = "Mount an Azure Key Vault as a read-only directory: every secret is a file"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount a vault and serve it until SIGTERM or SIGINT (runs in the foreground).
+    Mount(MountArgs),
+    /// Mount a sample vault served by the bundled emulator: no Azure account needed.
+    Demo(DemoArgs),
+    /// Run the bundled Key Vault emulator alone (tests, benchmarks, other SDKs).
+    Emulator(EmulatorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Empty directory to mount on; a mount left stale by a killed kvfs is cleaned first.
+    #[arg(value_name = "MOUNTPOINT", env = "KVFS_MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+
+    /// The vault, e.g. https://myvault.vault.azure.net
+    #[arg(long, value_name = "URL", env = "KVFS_VAULT_URL", value_parser = parse_vault_url)]
+    pub vault_url: Url,
+
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+
+    #[command(flatten)]
+    pub options: MountOptions,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Identity")]
+pub struct IdentityArgs {
+    /// How to sign in: auto = workload identity when AZURE_FEDERATED_TOKEN_FILE is set, else managed identity.
+    #[arg(long, value_enum, default_value_t = AuthMode::Auto, env = "KVFS_AUTH")]
+    pub auth: AuthMode,
+
+    /// User-assigned managed identity by client id (AZURE_CLIENT_ID is used when no id is given).
+    #[arg(
+        long,
+        value_name = "GUID",
+        env = "KVFS_CLIENT_ID",
+        group = "user_assigned"
+    )]
+    pub client_id: Option<String>,
+
+    /// User-assigned managed identity by object (principal) id.
+    #[arg(
+        long,
+        value_name = "GUID",
+        env = "KVFS_OBJECT_ID",
+        group = "user_assigned"
+    )]
+    pub object_id: Option<String>,
+
+    /// User-assigned managed identity by ARM resource id.
+    #[arg(
+        long,
+        value_name = "ID",
+        env = "KVFS_RESOURCE_ID",
+        group = "user_assigned"
+    )]
+    pub resource_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MountOptions {
+    /// Extra trusted root certificates (PEM), for TLS-inspecting proxies or emulators.
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "KVFS_CA_FILE",
+        help_heading = "Network"
+    )]
+    pub ca_file: Option<PathBuf>,
+
+    /// Send managed-identity token requests here instead of 169.254.169.254 (as other Azure SDKs do).
+    #[arg(long, value_name = "URL", env = "AZURE_POD_IDENTITY_AUTHORITY_HOST", value_parser = parse_http_url, help_heading = "Network")]
+    pub imds_endpoint: Option<Url>,
+
+    /// Accept a 401 challenge naming another resource than vault.azure.net (emulators only).
+    #[arg(
+        long,
+        env = "KVFS_DISABLE_CHALLENGE_RESOURCE_VERIFICATION",
+        help_heading = "Network"
+    )]
+    pub disable_challenge_resource_verification: bool,
+
+    /// No file operation waits longer than this for Key Vault or the identity endpoint.
+    #[arg(long, value_name = "DURATION", default_value = "10s", env = "KVFS_REQUEST_TIMEOUT", value_parser = parse_request_timeout, help_heading = "Network")]
+    pub request_timeout: Duration,
+
+    /// Most secrets held in memory at once.
+    #[arg(long, value_name = "N", default_value = "1024", env = "KVFS_CACHE_CAPACITY", value_parser = parse_capacity, help_heading = "Cache")]
+    pub cache_capacity: NonZeroUsize,
+
+    /// How long a fetched secret is served before it is fetched again.
+    #[arg(long, value_name = "DURATION", default_value = "5m", env = "KVFS_CACHE_TTL", value_parser = parse_duration, help_heading = "Cache")]
+    pub cache_ttl: Duration,
+
+    /// How long a name Key Vault does not have (404) is remembered as absent.
+    #[arg(long, value_name = "DURATION", default_value = "30s", env = "KVFS_NEGATIVE_TTL", value_parser = parse_duration, help_heading = "Cache")]
+    pub negative_ttl: Duration,
+
+    /// How long the directory listing is served before the vault is listed again.
+    #[arg(long, value_name = "DURATION", default_value = "60s", env = "KVFS_LIST_TTL", value_parser = parse_duration, help_heading = "Cache")]
+    pub list_ttl: Duration,
+
+    /// Owner of every file (default: the user running kvfs).
+    #[arg(
+        long,
+        value_name = "UID",
+        env = "KVFS_UID",
+        help_heading = "Permissions"
+    )]
+    pub uid: Option<u32>,
+
+    /// Group of every file (default: the group running kvfs).
+    #[arg(
+        long,
+        value_name = "GID",
+        env = "KVFS_GID",
+        help_heading = "Permissions"
+    )]
+    pub gid: Option<u32>,
+
+    /// Permission bits of every secret file, in octal.
+    #[arg(long, value_name = "OCTAL", default_value = "0400", env = "KVFS_FILE_MODE", value_parser = parse_mode, help_heading = "Permissions")]
+    pub file_mode: u16,
+
+    /// Permission bits of the mount's directory, in octal.
+    #[arg(long, value_name = "OCTAL", default_value = "0500", env = "KVFS_DIR_MODE", value_parser = parse_mode, help_heading = "Permissions")]
+    pub dir_mode: u16,
+
+    /// Let users other than the one running kvfs use the mount (permissions still apply).
+    #[arg(long, env = "KVFS_ALLOW_OTHER", help_heading = "Permissions")]
+    pub allow_other: bool,
+
+    /// Mount without first checking that a token can be had and the vault listed.
+    #[arg(long, env = "KVFS_NO_STARTUP_CHECK")]
+    pub no_startup_check: bool,
+
+    /// Threads answering the kernel.
+    #[arg(long, value_name = "N", default_value = "4", env = "KVFS_THREADS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to mount the sample vault.
+    #[arg(
+        value_name = "MOUNTPOINT",
+        default_value = "/tmp/kvfs-demo",
+        env = "KVFS_MOUNTPOINT"
+    )]
+    pub mountpoint: PathBuf,
+
+    #[command(flatten)]
+    pub options: MountOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct EmulatorArgs {
+    /// Directory for the generated CA certificate (ca.pem).
+    #[arg(long, value_name = "DIR", env = "KVFS_EMULATOR_STATE_DIR")]
+    pub state_dir: PathBuf,
+
+    /// HTTPS port for the Key Vault API, Entra token endpoint and admin API (0 = any free port).
+    #[arg(
+        long,
+        value_name = "PORT",
+        default_value_t = 8443,
+        env = "KVFS_EMULATOR_PORT"
+    )]
+    pub port: u16,
+
+    /// Plain-HTTP port for the IMDS token endpoint (0 = any free port).
+    #[arg(
+        long,
+        value_name = "PORT",
+        default_value_t = 8080,
+        env = "KVFS_EMULATOR_IMDS_PORT"
+    )]
+    pub imds_port: u16,
+
+    /// Seed secrets from a JSON file or a directory (one file per secret); default: samples.
+    #[arg(long, value_name = "PATH", env = "KVFS_EMULATOR_SEED")]
+    pub seed: Option<PathBuf>,
+}
+
+const DURATION_FORM: &str = "a duration like 30s, 5m or 1h";
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e}: expected {DURATION_FORM}"))
+}
+
+fn parse_request_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
+        return Err(format!("must be between 100ms and 10m, as {DURATION_FORM}"));
+    }
+    Ok(d)
+}
+
+fn parse_capacity(s: &str) -> Result<NonZeroUsize, String> {
+    s.parse::<NonZeroUsize>()
+        .map_err(|_| "expected a whole number of secrets, at least 1".to_owned())
+}
+
+fn parse_mode(s: &str) -> Result<u16, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u16::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => Err("expected octal permission bits like 0440".to_owned()),
+    }
+}
+
+fn parse_vault_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("{e}: expected https://NAME.vault.azure.net"))?;
+    if url.scheme() != "https" || url.host_str().is_none() {
+        return Err("expected an https URL like https://NAME.vault.azure.net".to_owned());
+    }
+    Ok(url)
+}
+
+fn parse_http_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("{e}: expected http://HOST:PORT"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("expected a URL like http://HOST:PORT".to_owned());
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("5 parsecs").unwrap_err().contains("30s, 5m"));
+        assert!(parse_request_timeout("10ms").is_err());
+        assert!(parse_request_timeout("1h").is_err());
+    }
+
+    #[test]
+    fn modes_and_urls() {
+        assert_eq!(parse_mode("0440").unwrap(), 0o440);
+        assert_eq!(parse_mode("600").unwrap(), 0o600);
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("rw-").is_err());
+        assert!(parse_vault_url("https://v.vault.azure.net").is_ok());
+        assert!(parse_vault_url("http://v.vault.azure.net").is_err());
+        assert!(parse_vault_url("v.vault.azure.net").is_err());
+        assert!(parse_capacity("0").is_err());
+    }
+}

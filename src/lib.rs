@@ -1,0 +1,18 @@
+//! kvfs: an Azure Key Vault as a read-only FUSE filesystem.
+//!
+//! Reading order: `cli` (flags) -> `run` (startup, mount, shutdown) -> `fuse` (thin fuser
+//! adapter) -> `fs` (inodes, attributes, listings as plain Results) -> `cache` (LRU, TTLs,
+//! single flight) -> `store` (the `SecretStore` seam; Key Vault and in-memory) -> `auth` and
+//! `transport` (identity and the one HTTP client). `emulator` is a Key Vault for tests and demos.
+
+pub mod auth;
+pub mod cache;
+pub mod cli;
+pub mod emulator;
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod run;
+pub mod secret;
+pub mod store;
+pub mod transport;

@@ -1,0 +1,429 @@
+//! From parsed flags to a served mount: build the transport, credential, store and cache;
+//! check that a token can be had and the vault listed; clean a stale mountpoint; mount; wait
+//! for SIGTERM/SIGINT (or an external unmount); unmount.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::credentials::TokenCredential;
+use fuser::{Config as FuseConfig, MountOption, SessionACL};
+use url::Url;
+
+use crate::auth::{self, AuthConfig, AuthMode, UserAssigned};
+use crate::cache::{CacheConfig, SecretCache};
+use crate::cli::{DemoArgs, EmulatorArgs, IdentityArgs, MountArgs, MountOptions};
+use crate::emulator::{Emulator, EmulatorConfig};
+use crate::error::{Forbidden, StoreError};
+use crate::fs::{FsConfig, SecretFs};
+use crate::fuse::FuseAdapter;
+use crate::store::keyvault::{KeyVaultConfig, KeyVaultStore, classify};
+use crate::store::{RetryPolicy, RetryStore, SecretStore};
+use crate::transport::{self, TransportConfig};
+
+/// Kernel TTL for names: short, since rotation reaches readers through fresh lookups.
+const ENTRY_TTL: Duration = Duration::from_secs(1);
+/// Kernel TTL for attributes: an inode is one version and never changes.
+const ATTR_TTL: Duration = Duration::from_secs(3600);
+
+/// Why kvfs stopped. The message names the cause and, where there is one, the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("startup check failed: {0}")]
+    Startup(String),
+    #[error("cannot mount {path}: {reason}")]
+    Mount { path: PathBuf, reason: String },
+    #[error("emulator: {0}")]
+    Emulator(String),
+}
+
+/// Everything a mount needs, whichever command built it.
+struct Plan {
+    mountpoint: PathBuf,
+    vault_url: Url,
+    auth: AuthConfig,
+    options: MountOptions,
+    ca_file: Option<PathBuf>,
+    imds_endpoint: Option<Url>,
+    verify_challenge_resource: bool,
+}
+
+pub fn mount(args: MountArgs) -> Result<(), RunError> {
+    let runtime = runtime()?;
+    let auth = auth_config(&args.identity);
+    let plan = Plan {
+        mountpoint: args.mountpoint,
+        vault_url: args.vault_url,
+        auth,
+        ca_file: args.options.ca_file.clone(),
+        imds_endpoint: args.options.imds_endpoint.clone(),
+        verify_challenge_resource: !args.options.disable_challenge_resource_verification,
+        options: args.options,
+    };
+    if let Some(endpoint) = &plan.imds_endpoint {
+        tracing::warn!(%endpoint, "managed identity token requests are redirected (AZURE_POD_IDENTITY_AUTHORITY_HOST / --imds-endpoint)");
+    }
+    serve(&runtime, plan)
+}
+
+/// Starts the bundled emulator with sample secrets and mounts it: no Azure account needed.
+pub fn demo(args: DemoArgs) -> Result<(), RunError> {
+    let runtime = runtime()?;
+    let state = tempfile::Builder::new()
+        .prefix("kvfs-demo-")
+        .tempdir()
+        .map_err(|e| RunError::Emulator(format!("cannot create a state directory: {e}")))?;
+    let emulator = runtime
+        .block_on(Emulator::start(EmulatorConfig::new(state.path())))
+        .map_err(|e| RunError::Emulator(e.to_string()))?;
+    emulator.vault().load_samples();
+    let plan = Plan {
+        mountpoint: args.mountpoint,
+        vault_url: Url::parse(&emulator.vault_url())
+            .map_err(|e| RunError::Emulator(e.to_string()))?,
+        auth: AuthConfig {
+            mode: AuthMode::ManagedIdentity,
+            user_assigned: None,
+            federated_token_file_set: false,
+        },
+        ca_file: Some(emulator.ca_path().to_owned()),
+        imds_endpoint: Some(
+            Url::parse(&emulator.imds_endpoint()).map_err(|e| RunError::Emulator(e.to_string()))?,
+        ),
+        verify_challenge_resource: false,
+        options: args.options,
+    };
+    eprintln!(
+        "kvfs demo: sample vault at {} (emulator), mounting on {}\n  try: ls {m} && cat {m}/db-password\n  Ctrl-C unmounts",
+        emulator.vault_url(),
+        plan.mountpoint.display(),
+        m = plan.mountpoint.display()
+    );
+    let result = serve(&runtime, plan);
+    runtime.block_on(emulator.shutdown());
+    result
+}
+
+/// Runs the emulator alone until SIGTERM/SIGINT.
+pub fn emulator(args: EmulatorArgs) -> Result<(), RunError> {
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let mut config = EmulatorConfig::new(&args.state_dir);
+        config.vault_port = args.port;
+        config.imds_port = args.imds_port;
+        config.seed = args.seed.clone();
+        let emulator = Emulator::start(config)
+            .await
+            .map_err(|e| RunError::Emulator(e.to_string()))?;
+        if args.seed.is_none() {
+            emulator.vault().load_samples();
+        }
+        println!("vault:     {}", emulator.vault_url());
+        println!("imds:      {}", emulator.imds_endpoint());
+        println!("authority: {}", emulator.authority_host());
+        println!("ca:        {}", emulator.ca_path().display());
+        shutdown_signal().await;
+        emulator.shutdown().await;
+        Ok(())
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, RunError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("kvfs-io")
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Setup(format!("cannot start the async runtime: {e}")))
+}
+
+fn auth_config(args: &IdentityArgs) -> AuthConfig {
+    let user_assigned = match (&args.client_id, &args.object_id, &args.resource_id) {
+        (Some(id), _, _) => Some(UserAssigned::ClientId(id.clone())),
+        (_, Some(id), _) => Some(UserAssigned::ObjectId(id.clone())),
+        (_, _, Some(id)) => Some(UserAssigned::ResourceId(id.clone())),
+        // As the Azure SDKs do, AZURE_CLIENT_ID names a user-assigned managed identity.
+        (None, None, None) if args.auth != AuthMode::WorkloadIdentity => {
+            std::env::var("AZURE_CLIENT_ID")
+                .ok()
+                .filter(|id| !id.is_empty())
+                .map(UserAssigned::ClientId)
+        }
+        (None, None, None) => None,
+    };
+    AuthConfig {
+        mode: args.auth,
+        user_assigned,
+        federated_token_file_set: std::env::var_os("AZURE_FEDERATED_TOKEN_FILE")
+            .is_some_and(|v| !v.is_empty()),
+    }
+}
+
+fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> {
+    let o = &plan.options;
+    let transport = transport::build(&TransportConfig {
+        ca_file: plan.ca_file.clone(),
+        imds_endpoint: plan.imds_endpoint.clone(),
+        connect_timeout: o.request_timeout.min(Duration::from_secs(5)),
+        request_timeout: o.request_timeout,
+    })
+    .map_err(|e| RunError::Setup(e.to_string()))?;
+    let credential =
+        auth::credential(&plan.auth, &transport).map_err(|e| RunError::Setup(e.to_string()))?;
+    let store = KeyVaultStore::new(
+        &KeyVaultConfig {
+            vault_url: plan.vault_url.to_string(),
+            verify_challenge_resource: plan.verify_challenge_resource,
+        },
+        credential.clone(),
+        &transport,
+    )
+    .map_err(|e| RunError::Setup(e.to_string()))?;
+    // Retries end before the request timeout, so a failure reports its cause, not a timeout.
+    let store = RetryStore::new(
+        Arc::new(store),
+        RetryPolicy {
+            initial_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(4),
+            budget: o.request_timeout.mul_f64(0.7),
+        },
+    );
+    let cache = SecretCache::new(
+        Arc::new(store),
+        CacheConfig {
+            capacity: o.cache_capacity,
+            ttl: o.cache_ttl,
+            negative_ttl: o.negative_ttl,
+            list_ttl: o.list_ttl,
+        },
+    );
+    if !o.no_startup_check {
+        runtime
+            .block_on(startup_check(&plan, credential.as_ref(), &cache))
+            .map_err(RunError::Startup)?;
+    }
+    let fs = SecretFs::new(
+        Arc::new(cache),
+        runtime.handle().clone(),
+        FsConfig {
+            // SAFETY: geteuid/getegid cannot fail and touch no memory.
+            uid: o.uid.unwrap_or_else(|| unsafe { libc::geteuid() }),
+            // SAFETY: as above.
+            gid: o.gid.unwrap_or_else(|| unsafe { libc::getegid() }),
+            file_mode: o.file_mode,
+            dir_mode: o.dir_mode,
+            entry_ttl: ENTRY_TTL,
+            attr_ttl: ATTR_TTL,
+            request_timeout: o.request_timeout,
+        },
+    );
+    clean_stale_mount(&plan.mountpoint)?;
+    let mut config = FuseConfig::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!(
+            "kvfs:{}",
+            plan.vault_url.host_str().unwrap_or("vault")
+        )),
+        MountOption::Subtype("kvfs".into()),
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoExec,
+        MountOption::NoAtime,
+    ];
+    config.acl = if o.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(usize::from(o.threads));
+    let mount_error = |e: io::Error| RunError::Mount {
+        path: plan.mountpoint.clone(),
+        reason: e.to_string(),
+    };
+    let session = fuser::Session::new(FuseAdapter::new(fs), &plan.mountpoint, &config)
+        .map_err(mount_error)?
+        .spawn()
+        .map_err(mount_error)?;
+    tracing::info!(mountpoint = %plan.mountpoint.display(), vault = %plan.vault_url, "mounted");
+    let unmounted_outside = runtime.block_on(async {
+        let session_ended = async {
+            while !session.guard.is_finished() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        tokio::select! {
+            () = shutdown_signal() => false,
+            () = session_ended => true,
+        }
+    });
+    if unmounted_outside {
+        tracing::info!("unmounted from outside; exiting");
+        return session.join().map_err(mount_error);
+    }
+    tracing::info!("signal received; unmounting");
+    session.umount_and_join().map_err(mount_error)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process cannot shut down cleanly: wait forever rather
+        // than unmount at once.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// A mountpoint whose daemon was killed answers ENOTCONN ("Transport endpoint is not
+/// connected") until it is unmounted: detach it so that it can be mounted again.
+fn clean_stale_mount(path: &Path) -> Result<(), RunError> {
+    // Listing, not stat: the kernel may answer a stat of a dead mount from its attribute cache.
+    match std::fs::read_dir(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(path = %path.display(), "mountpoint left stale by an earlier kvfs; unmounting it");
+            let status = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(path)
+                .status();
+            if std::fs::read_dir(path).is_ok() {
+                Ok(())
+            } else {
+                Err(RunError::Mount {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "stale mount (Transport endpoint is not connected) and `fusermount3 -u -z` failed ({status:?}); run `umount -l {}`",
+                        path.display()
+                    ),
+                })
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(RunError::Mount {
+            path: path.to_owned(),
+            reason: "no such directory (create it first)".into(),
+        }),
+        Err(e) => Err(RunError::Mount {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Gets a token and lists the vault once, within the request timeout, so that a missing
+/// identity, role or route fails now with its fix, not later as EIO in an application.
+async fn startup_check(
+    plan: &Plan,
+    credential: &dyn TokenCredential,
+    cache: &SecretCache,
+) -> Result<(), String> {
+    let limit = plan.options.request_timeout;
+    let mode = plan.auth.resolved_mode();
+    let token =
+        tokio::time::timeout(limit, credential.get_token(&[auth::KEY_VAULT_SCOPE], None)).await;
+    match token {
+        Err(_) => return Err(token_timeout(mode, limit)),
+        Ok(Err(e)) => return Err(explain_token(mode, &classify(e))),
+        Ok(Ok(_)) => {}
+    }
+    match tokio::time::timeout(limit, cache.list()).await {
+        Err(_) => Err(explain_vault(plan, &StoreError::Timeout(limit))),
+        Ok(Err(e)) => Err(explain_vault(plan, &e)),
+        Ok(Ok(listing)) => {
+            tracing::info!(secrets = listing.len(), "startup check passed");
+            Ok(())
+        }
+    }
+}
+
+fn token_timeout(mode: AuthMode, limit: Duration) -> String {
+    match mode {
+        AuthMode::ManagedIdentity | AuthMode::Auto => format!(
+            "no token from the managed identity endpoint (IMDS, 169.254.169.254) within {limit:?} (--request-timeout). \
+             Fix: run on an Azure VM or AKS node with a managed identity, or use --auth workload-identity / azure-cli"
+        ),
+        AuthMode::WorkloadIdentity => format!(
+            "no token from Entra ID within {limit:?} (--request-timeout). Fix: check egress to AZURE_AUTHORITY_HOST (login.microsoftonline.com)"
+        ),
+        AuthMode::AzureCli => {
+            format!("the Azure CLI gave no token within {limit:?}. Fix: run `az login`")
+        }
+    }
+}
+
+fn explain_token(mode: AuthMode, err: &StoreError) -> String {
+    let detail = err.to_string();
+    match (mode, err) {
+        (
+            AuthMode::ManagedIdentity | AuthMode::Auto,
+            StoreError::Credential {
+                status: Some(400), ..
+            },
+        ) => format!(
+            "no managed identity is assigned (IMDS answered 400: {detail}). Fix: enable the system-assigned identity \
+             of this VM/scale set, or attach a user-assigned identity and pass --client-id, --object-id or --resource-id"
+        ),
+        (
+            AuthMode::ManagedIdentity | AuthMode::Auto,
+            StoreError::Credential { status: None, .. } | StoreError::Connection(_),
+        ) => format!(
+            "cannot reach the managed identity endpoint (IMDS): {detail}. Fix: run on an Azure VM or AKS node, \
+             or use --auth workload-identity / azure-cli"
+        ),
+        (AuthMode::WorkloadIdentity, _) => format!(
+            "workload identity sign-in failed: {detail}. Fix: check that the pod's service account is federated with the \
+             identity (issuer and subject), and that AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE are set"
+        ),
+        (AuthMode::AzureCli, _) => {
+            format!("the Azure CLI gave no token: {detail}. Fix: run `az login`")
+        }
+        (_, StoreError::Tls(_)) => format!(
+            "the identity endpoint's TLS certificate is not trusted ({detail}). Fix: pass --ca-file with the CA that signed it"
+        ),
+        _ => format!("cannot get a token: {detail}"),
+    }
+}
+
+fn explain_vault(plan: &Plan, err: &StoreError) -> String {
+    let vault = plan.vault_url.as_str();
+    match err {
+        StoreError::Forbidden(Forbidden::Firewall) => format!(
+            "{vault} refused this address (ForbiddenByFirewall). Fix: allow this network in the vault's firewall or use a private endpoint"
+        ),
+        StoreError::Forbidden(_)
+        | StoreError::Credential {
+            status: Some(401), ..
+        } => format!(
+            "the identity may not list secrets in {vault} ({err}). Fix: grant it the \"Key Vault Secrets User\" role on the vault: \
+             az role assignment create --role \"Key Vault Secrets User\" --assignee <principal-id> --scope <vault-resource-id>"
+        ),
+        StoreError::NotFound => format!("{vault} answered 404: is --vault-url a Key Vault?"),
+        StoreError::Tls(_) => format!(
+            "the vault's TLS certificate is not trusted ({err}). Fix: pass --ca-file with the CA that signed it (TLS-inspecting proxy, emulator)"
+        ),
+        StoreError::Connection(_) => format!(
+            "cannot reach {vault} ({err}). Fix: check --vault-url, DNS and egress to the vault (firewall, proxy, private endpoint)"
+        ),
+        StoreError::Timeout(limit) => format!(
+            "no answer from {vault} within {limit:?} (--request-timeout). Fix: check network egress to the vault"
+        ),
+        StoreError::Throttled { .. } | StoreError::Service { .. } => format!(
+            "{vault} is unavailable ({err}). Retry later, or pass --no-startup-check to mount anyway"
+        ),
+        StoreError::Credential { .. } | StoreError::Other(_) => {
+            format!("cannot list {vault}: {err}")
+        }
+    }
+}

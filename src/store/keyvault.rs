@@ -1,0 +1,240 @@
+//! `SecretStore` over Azure Key Vault through the official SDK.
+//!
+//! Errors are classified here, once, by HTTP status and Key Vault error code. Values arrive as
+//! the SDK's `String`s and are moved into zeroizing buffers at once. Parse errors are reported
+//! without their text: serde's messages can quote the body, and a body can hold a value.
+
+use std::collections::BTreeMap;
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use azure_core::credentials::TokenCredential;
+use azure_core::error::ErrorKind;
+use azure_core::http::headers::RETRY_AFTER;
+use azure_core::http::{ClientOptions, RetryOptions, Transport};
+use azure_security_keyvault_secrets::models::{SecretAttributes, SecretProperties as KvProperties};
+use azure_security_keyvault_secrets::{ResourceExt, SecretClient, SecretClientOptions};
+use futures::TryStreamExt;
+
+use super::{Listing, SecretStore};
+use crate::error::{Forbidden, StoreError, chain};
+use crate::secret::{Secret, SecretName, SecretProperties, SecretValue};
+
+#[derive(Clone, Debug)]
+pub struct KeyVaultConfig {
+    pub vault_url: String,
+    /// Skip the check that a 401 challenge names the vault's own resource (emulators).
+    pub verify_challenge_resource: bool,
+}
+
+pub struct KeyVaultStore {
+    client: SecretClient,
+}
+
+impl KeyVaultStore {
+    pub fn new(
+        config: &KeyVaultConfig,
+        credential: Arc<dyn TokenCredential>,
+        transport: &Transport,
+    ) -> Result<Self, StoreError> {
+        let options = SecretClientOptions {
+            client_options: ClientOptions {
+                transport: Some(transport.clone()),
+                // Retries are `RetryStore`'s: the SDK's own would wait up to 80 s.
+                retry: RetryOptions::none(),
+                ..Default::default()
+            },
+            verify_challenge_resource: Some(config.verify_challenge_resource),
+            ..Default::default()
+        };
+        let client = SecretClient::new(&config.vault_url, credential, Some(options))
+            .map_err(|e| StoreError::Other(format!("invalid vault URL: {}", chain(&e))))?;
+        Ok(Self { client })
+    }
+}
+
+#[async_trait]
+impl SecretStore for KeyVaultStore {
+    async fn list(&self) -> Result<Listing, StoreError> {
+        let mut pager = self.client.list_secret_properties(None).map_err(classify)?;
+        let mut listing = Vec::new();
+        while let Some(item) = pager.try_next().await.map_err(classify)? {
+            if let Some(properties) = from_list_item(&item) {
+                listing.push(properties);
+            }
+        }
+        listing.sort_by_key(|p| p.name.key());
+        Ok(Arc::new(listing))
+    }
+
+    async fn get(&self, name: &SecretName) -> Result<Arc<Secret>, StoreError> {
+        let response = self
+            .client
+            .get_secret(name.as_str(), None)
+            .await
+            .map_err(classify)?;
+        let secret = response
+            .into_model()
+            .map_err(|_| StoreError::Other("cannot parse Key Vault's secret response".into()))?;
+        let version = secret.resource_id().ok().and_then(|id| id.version);
+        let mut properties = properties(name.clone(), secret.attributes.as_ref());
+        properties.version = version;
+        properties.content_type = secret.content_type;
+        properties.tags = secret.tags.unwrap_or_default().into_iter().collect();
+        let value = SecretValue::from_string(secret.value.unwrap_or_default());
+        Ok(Arc::new(Secret { properties, value }))
+    }
+}
+
+fn from_list_item(item: &KvProperties) -> Option<SecretProperties> {
+    let id = item.resource_id().ok()?;
+    let name = SecretName::parse(&id.name)?;
+    let mut p = properties(name, item.attributes.as_ref());
+    p.content_type = item.content_type.clone();
+    p.tags = item
+        .tags
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect::<BTreeMap<_, _>>();
+    Some(p)
+}
+
+fn properties(name: SecretName, attributes: Option<&SecretAttributes>) -> SecretProperties {
+    let mut p = SecretProperties::new(name);
+    if let Some(a) = attributes {
+        p.enabled = a.enabled.unwrap_or(true);
+        p.created = a.created.map(SystemTime::from);
+        p.updated = a.updated.map(SystemTime::from);
+        p.expires = a.expires.map(SystemTime::from);
+        p.not_before = a.not_before.map(SystemTime::from);
+    }
+    p
+}
+
+/// Classifies an SDK error once: by status and error code for service answers, by the kind of
+/// the innermost cause for everything else.
+pub fn classify(err: azure_core::Error) -> StoreError {
+    if let Some(tls) = tls_failure(&err) {
+        return StoreError::Tls(tls);
+    }
+    match err.kind() {
+        ErrorKind::HttpResponse {
+            status,
+            error_code,
+            raw_response,
+        } => {
+            let status = u16::from(*status);
+            match status {
+                404 => StoreError::NotFound,
+                403 => {
+                    let inner = raw_response
+                        .as_deref()
+                        .and_then(|r| inner_code(r.body().as_ref()));
+                    StoreError::Forbidden(Forbidden::from_code(
+                        inner.as_deref().or(error_code.as_deref()),
+                    ))
+                }
+                429 => StoreError::Throttled {
+                    retry_after: raw_response
+                        .as_deref()
+                        .and_then(|r| r.headers().get_optional_str(&RETRY_AFTER))
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs),
+                },
+                401 => StoreError::Credential {
+                    status: Some(401),
+                    detail: "Key Vault refused the token (401)".into(),
+                },
+                _ => StoreError::Service { status },
+            }
+        }
+        ErrorKind::Credential => StoreError::Credential {
+            status: nested_status(&err),
+            detail: chain(&err),
+        },
+        ErrorKind::Connection | ErrorKind::Io => {
+            if is_timeout(&err) {
+                StoreError::Timeout(Duration::ZERO)
+            } else {
+                StoreError::Connection(chain(&err))
+            }
+        }
+        ErrorKind::DataConversion => StoreError::Other("cannot parse Key Vault's response".into()),
+        ErrorKind::Other => StoreError::Other(chain(&err)),
+    }
+}
+
+/// Key Vault's inner error code (`ForbiddenByRbac`, `SecretDisabled`, ...) from an error body.
+fn inner_code(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let error = v.get("error")?;
+    let code = error
+        .get("innererror")
+        .and_then(|i| i.get("code"))
+        .or_else(|| error.get("code"))?;
+    code.as_str().map(str::to_owned)
+}
+
+/// Every cause of `err`, looking inside `io::Error`s, whose `source()` skips the wrapped error.
+fn causes<'a>(err: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {
+    let mut out = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        out.push(e);
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => e.source(),
+        };
+    }
+    out
+}
+
+/// The HTTP status of a credential failure, which the SDK keeps a few causes down.
+fn nested_status(err: &azure_core::Error) -> Option<u16> {
+    causes(err).into_iter().find_map(|e| {
+        e.downcast_ref::<azure_core::Error>()
+            .and_then(|e| e.http_status())
+            .map(u16::from)
+    })
+}
+
+fn tls_failure(err: &azure_core::Error) -> Option<String> {
+    causes(err)
+        .into_iter()
+        .find_map(|e| match e.downcast_ref::<rustls::Error>() {
+            Some(rustls::Error::InvalidCertificate(reason)) => {
+                Some(format!("server certificate rejected: {reason:?}"))
+            }
+            Some(other) => Some(other.to_string()),
+            None => None,
+        })
+}
+
+fn is_timeout(err: &azure_core::Error) -> bool {
+    causes(err).into_iter().any(|e| {
+        e.downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_timeout)
+            || e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inner_code_prefers_innererror() {
+        let body = br#"{"error":{"code":"Forbidden","message":"m","innererror":{"code":"ForbiddenByRbac"}}}"#;
+        assert_eq!(inner_code(body).as_deref(), Some("ForbiddenByRbac"));
+        let outer = br#"{"error":{"code":"Forbidden","message":"m"}}"#;
+        assert_eq!(inner_code(outer).as_deref(), Some("Forbidden"));
+        assert_eq!(inner_code(b"not json"), None);
+    }
+}
