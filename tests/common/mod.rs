@@ -1,0 +1,283 @@
+//! Test harness: a Key Vault emulator in this process, and the real `kvfs` binary mounting it
+//! on a temporary directory. Dropping a `Mount` stops kvfs (SIGTERM) and makes sure nothing
+//! stays mounted.
+//!
+//! Safety: everything binds 127.0.0.1 and kvfs is always given `--imds-endpoint`, so no
+//! request can reach 169.254.169.254. The suite is meant to run inside a loopback-only network
+//! namespace (scripts/loopback-only); `require_loopback_only` refuses to run outside one in CI.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvfs::emulator::{Counters, Emulator, EmulatorConfig, Vault};
+
+pub struct TestEnv {
+    pub runtime: tokio::runtime::Runtime,
+    pub emulator: Option<Emulator>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub fn start() -> Self {
+        require_loopback_only();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let emulator = runtime
+            .block_on(Emulator::start(EmulatorConfig::new(
+                dir.path().join("emulator"),
+            )))
+            .expect("emulator starts");
+        Self {
+            runtime,
+            emulator: Some(emulator),
+            dir,
+        }
+    }
+
+    pub fn emulator(&self) -> &Emulator {
+        self.emulator.as_ref().expect("emulator running")
+    }
+
+    pub fn vault(&self) -> &Arc<Vault> {
+        self.emulator().vault()
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.vault().counters()
+    }
+
+    /// The arguments that point kvfs at the emulator, without the mountpoint.
+    pub fn kvfs_args(&self) -> Vec<String> {
+        let e = self.emulator();
+        vec![
+            "--vault-url".into(),
+            e.vault_url(),
+            "--ca-file".into(),
+            e.ca_path().display().to_string(),
+            "--imds-endpoint".into(),
+            e.imds_endpoint(),
+            "--disable-challenge-resource-verification".into(),
+        ]
+    }
+
+    /// A `kvfs mount` command for a fresh mountpoint, environment cleared of Azure variables.
+    pub fn command(&self, mountpoint: &Path, extra: &[&str]) -> Command {
+        let mut cmd = kvfs_command();
+        cmd.arg("mount")
+            .arg(mountpoint)
+            .args(self.kvfs_args())
+            .args(extra);
+        cmd
+    }
+
+    pub fn mountpoint(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::create_dir_all(&path).expect("mountpoint");
+        path
+    }
+
+    /// Mounts with `extra` flags and waits until the mount answers.
+    pub fn mount(&self, extra: &[&str]) -> Mount {
+        let path = self.mountpoint("mnt");
+        Mount::start(self.command(&path, extra), path)
+    }
+}
+
+/// `kvfs` with no Azure variables inherited and debug logs for the FUSE boundary.
+pub fn kvfs_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvfs"));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().to_string();
+        if key.starts_with("AZURE_")
+            || key.starts_with("KVFS_")
+            || key.starts_with("IDENTITY_")
+            || key.starts_with("MSI_")
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env(
+        "KVFS_LOG",
+        "debug,azure_core=info,typespec_client_core=info,hyper=info,rustls=info,reqwest=info",
+    );
+    cmd
+}
+
+pub struct Mount {
+    pub path: PathBuf,
+    /// kvfs's stderr; shown when a test fails (or always with KVFS_TEST_SHOW_LOGS set).
+    pub log_path: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Mount {
+    pub fn start(mut cmd: Command, path: PathBuf) -> Mount {
+        let parent_dev = std::fs::metadata(path.parent().expect("parent"))
+            .expect("parent stat")
+            .dev();
+        // Logs go to a file, never a pipe: a pipe nobody drains would block kvfs mid-request.
+        let log_path = path.with_extension("log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kvfs");
+        // The guard exists before any wait, so a failed start still stops kvfs and unmounts.
+        let mut mount = Mount {
+            path,
+            log_path,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let child = mount.child.as_mut().expect("running");
+            if let Ok(Some(status)) = child.try_wait() {
+                let stderr = std::fs::read_to_string(&mount.log_path).unwrap_or_default();
+                panic!("kvfs exited before mounting ({status}): {stderr}");
+            }
+            // statfs too: a dead earlier mount still stats from the kernel's cache, but its
+            // statfs fails (ENOTCONN). statfs costs kvfs no Key Vault request.
+            if std::fs::metadata(&mount.path).is_ok_and(|m| m.dev() != parent_dev)
+                && statfs_ok(&mount.path)
+            {
+                return mount;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kvfs did not mount {} within 30 s",
+                mount.path.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn read(&self, name: &str) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.file(name))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("running")
+    }
+
+    /// SIGTERM, then the exit status (kvfs must exit by itself within 10 s).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        wait_with_deadline(&mut child, Duration::from_secs(10))
+    }
+}
+
+pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn statfs_ok(path: &Path) -> bool {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a valid path and a zeroed statfs buffer that the call fills.
+    unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(p.as_ptr(), &mut buf) == 0
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let p = path.display().to_string();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("KVFS_TEST_SHOW_LOGS").is_some() {
+            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+            eprintln!("--- kvfs log ({}) ---\n{log}", self.path.display());
+        }
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.path) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.path)
+                .status();
+        }
+    }
+}
+
+/// Tests must not be able to reach anything but loopback. In CI (CI=true) they refuse to run
+/// outside a loopback-only network namespace; and a FUSE test there fails, never skips.
+pub fn require_loopback_only() {
+    // /proc/net/dev follows this process's network namespace (/sys/class/net may not).
+    let interfaces: Vec<String> = std::fs::read_to_string("/proc/net/dev")
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|i| i.trim().to_owned()))
+        .collect();
+    let only_loopback = interfaces.iter().all(|i| i == "lo");
+    assert!(
+        only_loopback || std::env::var_os("KVFS_TEST_ALLOW_NETWORK").is_some(),
+        "the suite must run in a loopback-only network namespace: use `scripts/loopback-only cargo test` \
+         (interfaces here: {interfaces:?})"
+    );
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: FUSE tests cannot mount here"
+    );
+}
+
+pub fn errno_of<T>(result: std::io::Result<T>) -> i32 {
+    match result {
+        Ok(_) => panic!("expected an error, got success"),
+        Err(e) => e.raw_os_error().expect("an OS error"),
+    }
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
