@@ -1,14 +1,23 @@
-//! An LRU cache in front of any `SecretStore`, itself a `SecretStore`.
+//! An LRU cache in front of any `SecretStore`, itself a `SecretStore`, plus the refresh that
+//! keeps secrets in use fresh without touching the read path.
 //!
-//! Found secrets live for `ttl`, absent names for `negative_ttl`, the listing for `list_ttl`.
-//! Concurrent misses of one name share a single fetch (single flight): the fetch runs as its own
-//! task, so a reader that gives up (request timeout) does not cancel it for the others, and its
-//! result still lands in the cache. Time is tokio's clock, so tests pause and advance it.
+//! - Found secrets are served for `ttl` after they were last validated, absent names for
+//!   `negative_ttl`, listings for `list_ttl`. Versions never change and stay until evicted.
+//! - Concurrent misses of one key share a single fetch (single flight). The fetch runs as its
+//!   own task, so a reader that gives up (request timeout) does not cancel it for the others.
+//! - When Key Vault fails transiently (429, 5xx, timeout, connection), an expired secret keeps
+//!   being served, marked stale, for up to `max_stale` after it was last validated; the read
+//!   path then does not retry for a while (`outage backoff`), so an outage is not hammered.
+//!   Definitive answers (404, 403) are never masked.
+//! - `refresh` revalidates secrets in use with one listing (a page covers 25 secrets) and GETs
+//!   only those whose `updated` time moved.
+//!
+//! Time is tokio's clock, so tests pause and advance it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -17,30 +26,70 @@ use lru::LruCache;
 use tokio::time::Instant;
 
 use crate::error::StoreError;
-use crate::secret::{Secret, SecretName};
+use crate::secret::{Secret, SecretName, SecretProperties};
 use crate::store::{Listing, SecretStore};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheConfig {
-    /// Most secrets (found or absent) held at once.
+    /// Most entries (secrets, versions, absent names) held at once.
     pub capacity: NonZeroUsize,
     pub ttl: Duration,
     pub negative_ttl: Duration,
     pub list_ttl: Duration,
+    /// How long after its last validation a secret may still be served while Key Vault fails.
+    pub max_stale: Duration,
 }
+
+/// After a transient failure, expired entries are served stale without a new request for this
+/// long (doubling per failure, up to the cap); the refresh keeps probing on its own schedule.
+const OUTAGE_BACKOFF: Duration = Duration::from_secs(1);
+const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A secret fetched within this long of its `updated` time may have been changed again in the
+/// same second, which a listing (1 s resolution) cannot show: it is fetched once more.
+const SAME_SECOND_WINDOW: Duration = Duration::from_secs(2);
 
 type Fetch<T> = Shared<BoxFuture<'static, Result<T, StoreError>>>;
 
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Latest(String),
+    Version(String, String),
+}
+
+#[derive(Clone)]
 enum Entry {
-    Found { secret: Arc<Secret>, at: Instant },
+    Found(Found),
     Missing { at: Instant },
 }
 
+#[derive(Clone)]
+struct Found {
+    secret: Arc<Secret>,
+    validated: Instant,
+    fetched_wall: SystemTime,
+    /// Set while Key Vault fails and this copy is served past its TTL.
+    stale_since: Option<SystemTime>,
+}
+
+/// What a refresh found changed, for the filesystem to invalidate in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A new latest version.
+    Updated(SecretName),
+    /// Deleted or disabled.
+    Gone(SecretName),
+    /// Newly listed.
+    Appeared(SecretName),
+}
+
 struct State {
-    entries: LruCache<String, Entry>,
-    fetching: HashMap<String, Fetch<Arc<Secret>>>,
+    entries: LruCache<Key, Entry>,
+    fetching: HashMap<Key, Fetch<Arc<Secret>>>,
     listing: Option<(Listing, Instant)>,
     listing_fetch: Option<Fetch<Listing>>,
+    versions: LruCache<String, (Listing, Instant)>,
+    outage_until: Option<Instant>,
+    outage_backoff: Duration,
 }
 
 struct Inner {
@@ -61,6 +110,9 @@ impl SecretCache {
             fetching: HashMap::new(),
             listing: None,
             listing_fetch: None,
+            versions: LruCache::new(config.capacity),
+            outage_until: None,
+            outage_backoff: OUTAGE_BACKOFF,
         };
         Self {
             inner: Arc::new(Inner {
@@ -71,13 +123,106 @@ impl SecretCache {
         }
     }
 
-    /// Number of names (found or absent) held now.
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    /// Number of entries (secrets, versions, absent names) held now.
     pub fn len(&self) -> usize {
         self.inner.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// When the copy of `name` being served went stale, if it is stale.
+    pub fn stale_since(&self, name: &SecretName) -> Option<SystemTime> {
+        match self.inner.lock().entries.peek(&Key::Latest(name.key()))? {
+            Entry::Found(f) => f.stale_since,
+            Entry::Missing { .. } => None,
+        }
+    }
+
+    /// Revalidates `in_use` (the newest version of each secret the filesystem still serves)
+    /// with one listing, fetching only secrets whose `updated` time moved, and refreshes the
+    /// listing cache. Costs ceil(secrets / 25) list pages + one GET per changed secret.
+    /// On failure nothing is dropped: expired entries are then served stale up to `max_stale`.
+    pub async fn refresh(&self, in_use: &[Arc<Secret>]) -> Result<Vec<Change>, StoreError> {
+        let inner = &self.inner;
+        let listing = inner.store.list().await.inspect_err(|e| inner.failed(e))?;
+        let mut changes = Vec::new();
+        let previous = {
+            let mut state = inner.lock();
+            state.outage_until = None;
+            state.outage_backoff = OUTAGE_BACKOFF;
+            state.listing.replace((listing.clone(), Instant::now()))
+        };
+        let listed: HashMap<String, &SecretProperties> =
+            listing.iter().map(|p| (p.name.key(), p)).collect();
+        if let Some((previous, _)) = previous {
+            let before: HashSet<String> = previous
+                .iter()
+                .filter(|p| p.enabled)
+                .map(|p| p.name.key())
+                .collect();
+            for p in listing.iter().filter(|p| p.enabled) {
+                if !before.contains(&p.name.key()) {
+                    inner.lock().entries.pop(&Key::Latest(p.name.key()));
+                    changes.push(Change::Appeared(p.name.clone()));
+                }
+            }
+        }
+        for held in in_use {
+            let name = &held.properties.name;
+            let key = Key::Latest(name.key());
+            let current = match inner.lock().entries.peek(&key) {
+                Some(Entry::Found(f)) => f.clone(),
+                _ => Found {
+                    secret: held.clone(),
+                    validated: Instant::now(),
+                    fetched_wall: SystemTime::UNIX_EPOCH,
+                    stale_since: None,
+                },
+            };
+            match listed.get(&name.key()) {
+                Some(item) if item.enabled => {
+                    let same_time = item.updated == current.secret.properties.updated;
+                    let ambiguous = current.secret.properties.updated.is_none_or(|u| {
+                        current.fetched_wall.duration_since(u).unwrap_or_default()
+                            < SAME_SECOND_WINDOW
+                    });
+                    if same_time && !ambiguous {
+                        inner.store_found(key, current.secret.clone(), current.fetched_wall);
+                        continue;
+                    }
+                    match inner.store.get(name).await {
+                        Ok(secret) => {
+                            let changed =
+                                secret.properties.version != current.secret.properties.version;
+                            inner.store_found(key, secret, SystemTime::now());
+                            if changed {
+                                changes.push(Change::Updated(name.clone()));
+                            }
+                        }
+                        Err(e) if e.is_definitive() => {
+                            inner.lock().entries.pop(&key);
+                            changes.push(Change::Gone(name.clone()));
+                        }
+                        Err(e) => {
+                            inner.failed(&e);
+                            return Err(e);
+                        }
+                    }
+                }
+                // Deleted or disabled: the next lookup asks Key Vault and gets 404 or 403.
+                _ => {
+                    inner.lock().entries.pop(&key);
+                    changes.push(Change::Gone(name.clone()));
+                }
+            }
+        }
+        Ok(changes)
     }
 }
 
@@ -86,47 +231,146 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The fresh cached answer for `key`, if any.
+    fn store_found(&self, key: Key, secret: Arc<Secret>, fetched_wall: SystemTime) {
+        self.lock().entries.put(
+            key,
+            Entry::Found(Found {
+                secret,
+                validated: Instant::now(),
+                fetched_wall,
+                stale_since: None,
+            }),
+        );
+    }
+
+    /// Notes a transient failure: the read path backs off before asking Key Vault again.
+    fn failed(&self, err: &StoreError) {
+        if err.is_definitive() {
+            return;
+        }
+        let mut state = self.lock();
+        let backoff = state.outage_backoff;
+        state.outage_until = Some(Instant::now() + backoff);
+        state.outage_backoff = (backoff * 2).min(OUTAGE_BACKOFF_MAX);
+    }
+
+    /// The answer for `key` without a request, if there is one: fresh, or stale and allowed.
     fn cached(
         &self,
         state: &mut State,
-        key: &str,
+        key: &Key,
         now: Instant,
     ) -> Option<Result<Arc<Secret>, StoreError>> {
-        match state.entries.get(key)? {
-            Entry::Found { secret, at } if now.duration_since(*at) < self.config.ttl => {
-                Some(Ok(secret.clone()))
+        let in_outage = state.outage_until.is_some_and(|until| now < until);
+        let config = self.config;
+        match state.entries.get_mut(key)? {
+            Entry::Found(f) => {
+                let age = now.duration_since(f.validated);
+                let immutable = matches!(key, Key::Version(..));
+                if immutable || age < config.ttl {
+                    return Some(Ok(f.secret.clone()));
+                }
+                if in_outage && age < config.max_stale {
+                    mark_stale(f);
+                    return Some(Ok(f.secret.clone()));
+                }
+                None
             }
-            Entry::Missing { at } if now.duration_since(*at) < self.config.negative_ttl => {
+            Entry::Missing { at } if now.duration_since(*at) < config.negative_ttl => {
                 Some(Err(StoreError::NotFound))
             }
-            Entry::Found { .. } | Entry::Missing { .. } => None,
+            Entry::Missing { .. } => None,
         }
     }
 
-    /// Records what a fetch found. Only a 404 is cached as absent: any other error says
-    /// nothing lasting about the name.
-    fn record(&self, key: String, result: &Result<Arc<Secret>, StoreError>) {
+    /// Records what a fetch of `key` found, and decides what the reader gets: on a transient
+    /// failure, the previous copy if it is within `max_stale`.
+    fn record(
+        &self,
+        key: Key,
+        result: Result<Arc<Secret>, StoreError>,
+    ) -> Result<Arc<Secret>, StoreError> {
+        if let Err(e) = &result {
+            self.failed(e);
+        }
+        let now = Instant::now();
         let mut state = self.lock();
         state.fetching.remove(&key);
-        let at = Instant::now();
         match result {
             Ok(secret) => {
+                state.outage_until = None;
+                state.outage_backoff = OUTAGE_BACKOFF;
                 state.entries.put(
                     key,
-                    Entry::Found {
+                    Entry::Found(Found {
                         secret: secret.clone(),
-                        at,
-                    },
+                        validated: now,
+                        fetched_wall: SystemTime::now(),
+                        stale_since: None,
+                    }),
                 );
+                Ok(secret)
             }
             Err(StoreError::NotFound) => {
-                state.entries.put(key, Entry::Missing { at });
+                state.entries.put(key, Entry::Missing { at: now });
+                Err(StoreError::NotFound)
             }
-            Err(_) => {
+            Err(e) if e.is_definitive() => {
                 state.entries.pop(&key);
+                Err(e)
             }
+            Err(e) => match state.entries.get_mut(&key) {
+                Some(Entry::Found(f))
+                    if now.duration_since(f.validated) < self.config.max_stale =>
+                {
+                    mark_stale(f);
+                    Ok(f.secret.clone())
+                }
+                _ => Err(e),
+            },
         }
+    }
+
+    async fn fetch(
+        self: &Arc<Self>,
+        key: Key,
+        name: &SecretName,
+    ) -> Result<Arc<Secret>, StoreError> {
+        let fetch = {
+            let mut state = self.lock();
+            if let Some(answer) = self.cached(&mut state, &key, Instant::now()) {
+                return answer;
+            }
+            match state.fetching.get(&key) {
+                Some(fetch) => fetch.clone(),
+                None => {
+                    let inner = self.clone();
+                    let name = name.clone();
+                    let task_key = key.clone();
+                    let task = tokio::spawn(async move {
+                        let result = match &task_key {
+                            Key::Latest(_) => inner.store.get(&name).await,
+                            Key::Version(_, v) => inner.store.get_version(&name, v).await,
+                        };
+                        inner.record(task_key, result)
+                    });
+                    let fetch = task.map(joined).boxed().shared();
+                    state.fetching.insert(key, fetch.clone());
+                    fetch
+                }
+            }
+        };
+        fetch.await
+    }
+}
+
+fn mark_stale(found: &mut Found) {
+    if found.stale_since.is_none() {
+        found.stale_since = Some(SystemTime::now());
+        tracing::warn!(
+            secret = %found.secret.properties.name,
+            "Key Vault unavailable: serving the cached value stale (bounded by --max-stale)"
+        );
     }
 }
 
@@ -154,8 +398,15 @@ impl SecretStore for SecretCache {
                         let result = inner.store.list().await;
                         let mut state = inner.lock();
                         state.listing_fetch = None;
-                        if let Ok(listing) = &result {
-                            state.listing = Some((listing.clone(), Instant::now()));
+                        match &result {
+                            Ok(listing) => state.listing = Some((listing.clone(), Instant::now())),
+                            // While Key Vault fails, the last listing is better than none.
+                            Err(e) if !e.is_definitive() => {
+                                if let Some((listing, _)) = &state.listing {
+                                    return Ok(listing.clone());
+                                }
+                            }
+                            Err(_) => {}
                         }
                         result
                     });
@@ -169,30 +420,32 @@ impl SecretStore for SecretCache {
     }
 
     async fn get(&self, name: &SecretName) -> Result<Arc<Secret>, StoreError> {
+        self.inner.fetch(Key::Latest(name.key()), name).await
+    }
+
+    async fn list_versions(&self, name: &SecretName) -> Result<Listing, StoreError> {
         let key = name.key();
-        let fetch = {
-            let mut state = self.inner.lock();
-            if let Some(answer) = self.inner.cached(&mut state, &key, Instant::now()) {
-                return answer;
-            }
-            match state.fetching.get(&key) {
-                Some(fetch) => fetch.clone(),
-                None => {
-                    let inner = self.inner.clone();
-                    let name = name.clone();
-                    let task_key = key.clone();
-                    let task = tokio::spawn(async move {
-                        let result = inner.store.get(&name).await;
-                        inner.record(task_key, &result);
-                        result
-                    });
-                    let fetch = task.map(joined).boxed().shared();
-                    state.fetching.insert(key, fetch.clone());
-                    fetch
-                }
-            }
-        };
-        fetch.await
+        if let Some((listing, at)) = self.inner.lock().versions.get(&key)
+            && at.elapsed() < self.inner.config.list_ttl
+        {
+            return Ok(listing.clone());
+        }
+        let listing = self.inner.store.list_versions(name).await?;
+        self.inner
+            .lock()
+            .versions
+            .put(key, (listing.clone(), Instant::now()));
+        Ok(listing)
+    }
+
+    async fn get_version(
+        &self,
+        name: &SecretName,
+        version: &str,
+    ) -> Result<Arc<Secret>, StoreError> {
+        self.inner
+            .fetch(Key::Version(name.key(), version.to_ascii_lowercase()), name)
+            .await
     }
 }
 
@@ -207,6 +460,7 @@ mod tests {
             ttl: Duration::from_secs(300),
             negative_ttl: Duration::from_secs(30),
             list_ttl: Duration::from_secs(60),
+            max_stale: Duration::from_secs(3600),
         }
     }
 
@@ -271,7 +525,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn transient_errors_are_not_cached() {
+    async fn transient_errors_without_a_copy_are_not_cached() {
         let (store, cache) = setup();
         store.fail_with(Some(StoreError::Service { status: 503 }));
         assert_eq!(
@@ -281,6 +535,50 @@ mod tests {
         store.fail_with(None);
         assert!(cache.get(&name("a")).await.is_ok());
         assert_eq!(store.gets(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_copy_served_through_an_outage_until_max_stale() {
+        let (store, cache) = setup();
+        cache.get(&name("a")).await.unwrap();
+        store.fail_with(Some(StoreError::Service { status: 503 }));
+        tokio::time::advance(Duration::from_secs(301)).await;
+        assert_eq!(
+            cache.get(&name("a")).await.unwrap().value.as_bytes(),
+            b"one"
+        );
+        assert!(cache.stale_since(&name("a")).is_some());
+        let gets = store.gets();
+        // Within the outage backoff, no new request.
+        assert_eq!(
+            cache.get(&name("a")).await.unwrap().value.as_bytes(),
+            b"one"
+        );
+        assert_eq!(store.gets(), gets);
+        tokio::time::advance(Duration::from_secs(3300)).await;
+        assert!(cache.get(&name("a")).await.is_err(), "past max_stale");
+        store.fail_with(None);
+        assert!(cache.get(&name("a")).await.is_ok());
+        assert!(cache.stale_since(&name("a")).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn definitive_answers_are_not_masked() {
+        let (store, cache) = setup();
+        cache.get(&name("a")).await.unwrap();
+        store.set_enabled("a", false);
+        tokio::time::advance(Duration::from_secs(301)).await;
+        assert!(matches!(
+            cache.get(&name("a")).await.unwrap_err(),
+            StoreError::Forbidden(_)
+        ));
+        cache.get(&name("b")).await.unwrap();
+        store.remove("b");
+        tokio::time::advance(Duration::from_secs(301)).await;
+        assert_eq!(
+            cache.get(&name("b")).await.unwrap_err(),
+            StoreError::NotFound
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -335,5 +633,98 @@ mod tests {
         tokio::time::advance(Duration::from_secs(61)).await;
         assert_eq!(cache.list().await.unwrap().len(), 4);
         assert_eq!(store.lists(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn versions_are_cached_until_evicted() {
+        let (store, cache) = setup();
+        let v1 = cache
+            .get(&name("a"))
+            .await
+            .unwrap()
+            .properties
+            .version
+            .clone()
+            .unwrap();
+        store.put("a", "uno");
+        let versions = cache.list_versions(&name("a")).await.unwrap();
+        assert_eq!(versions.len(), 2);
+        let gets = store.gets();
+        tokio::time::advance(Duration::from_secs(100_000)).await;
+        let old = cache.get_version(&name("a"), &v1).await.unwrap();
+        assert_eq!(old.value.as_bytes(), b"one");
+        cache.get_version(&name("a"), &v1).await.unwrap();
+        assert_eq!(store.gets(), gets + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_gets_only_what_changed() {
+        let (store, cache) = setup();
+        let a = cache.get(&name("a")).await.unwrap();
+        let b = cache.get(&name("b")).await.unwrap();
+        // Fetched within a second of being written: a listing cannot tell a second change in
+        // that second apart, so the first refresh confirms each with a GET; later ones do not.
+        std::thread::sleep(SAME_SECOND_WINDOW + Duration::from_millis(100));
+        let first = cache.refresh(&[a.clone(), b.clone()]).await.unwrap();
+        assert!(first.is_empty(), "{first:?}");
+        let (gets, lists) = (store.gets(), store.lists());
+        let again = cache.refresh(&[a.clone(), b.clone()]).await.unwrap();
+        assert!(again.is_empty());
+        assert_eq!(
+            (store.gets(), store.lists()),
+            (gets, lists + 1),
+            "one list, no GET"
+        );
+        store.put("a", "uno");
+        let changed = cache.refresh(&[a, b]).await.unwrap();
+        assert_eq!(changed, vec![Change::Updated(name("a"))]);
+        assert_eq!(store.gets(), gets + 1);
+        assert_eq!(
+            cache.get(&name("a")).await.unwrap().value.as_bytes(),
+            b"uno"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_reports_gone_and_appeared() {
+        let (store, cache) = setup();
+        let a = cache.get(&name("a")).await.unwrap();
+        let c = cache.get(&name("c")).await.unwrap();
+        cache.refresh(&[a.clone(), c.clone()]).await.unwrap();
+        store.remove("a");
+        store.set_enabled("c", false);
+        store.put("e", "new");
+        let changes = cache.refresh(&[a, c]).await.unwrap();
+        assert!(changes.contains(&Change::Gone(name("a"))), "{changes:?}");
+        assert!(changes.contains(&Change::Gone(name("c"))), "{changes:?}");
+        assert!(
+            changes.contains(&Change::Appeared(name("e"))),
+            "{changes:?}"
+        );
+        assert_eq!(
+            cache
+                .list()
+                .await
+                .unwrap()
+                .iter()
+                .filter(|p| p.enabled)
+                .count(),
+            2
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_refresh_keeps_serving_stale() {
+        let (store, cache) = setup();
+        let a = cache.get(&name("a")).await.unwrap();
+        store.fail_with(Some(StoreError::Throttled { retry_after: None }));
+        assert!(cache.refresh(&[a]).await.is_err());
+        tokio::time::advance(Duration::from_secs(301)).await;
+        let gets = store.gets();
+        assert_eq!(
+            cache.get(&name("a")).await.unwrap().value.as_bytes(),
+            b"one"
+        );
+        assert!(store.gets() <= gets + 1);
     }
 }

@@ -126,6 +126,11 @@ pub struct MountOptions {
     #[arg(long, value_name = "DURATION", default_value = "60s", env = "KVFS_LIST_TTL", value_parser = parse_duration, help_heading = "Cache")]
     pub list_ttl: Duration,
 
+    /// While Key Vault or the identity endpoint fails, keep serving cached values this long after
+    /// they were last confirmed. 404 and 403 answers are never masked.
+    #[arg(long, value_name = "DURATION", default_value = "24h", env = "KVFS_MAX_STALE", value_parser = parse_duration, help_heading = "Cache")]
+    pub max_stale: Duration,
+
     /// Owner of every file (default: the user running kvfs).
     #[arg(
         long,

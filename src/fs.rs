@@ -9,27 +9,33 @@
 //! never sees its content change under it, and an inode's attributes never change, which lets
 //! the kernel cache them and its pages for long.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::future::Future;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use fuser::{FileAttr, FileType, INodeNo};
 use tokio::runtime::Handle;
 
+use crate::cache::{Change, SecretCache};
 use crate::error::StoreError;
 use crate::secret::{Secret, SecretName};
 use crate::store::SecretStore;
 
 pub const ROOT: u64 = INodeNo::ROOT.0;
+/// `.versions`: one directory per secret, one file per version. Not listed in the root.
+pub const VERSIONS: u64 = 2;
+pub const VERSIONS_DIR: &str = ".versions";
+const FIRST_DYNAMIC: u64 = 3;
 /// Inode numbers handed out in directory listings for names not looked up yet. A listing never
 /// fetches values, so it cannot know a secret's version; these never collide with real inodes.
 const LISTING_INO_BIT: u64 = 1 << 63;
 const BLOCK_SIZE: u32 = 4096;
 const XATTR_PREFIX: &str = "user.kvfs.";
+/// How long the kernel may remember that a name Key Vault cannot hold does not exist.
+const INVALID_NAME_TTL: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Clone, Debug)]
 pub struct FsConfig {
@@ -37,10 +43,13 @@ pub struct FsConfig {
     pub gid: u32,
     pub file_mode: u16,
     pub dir_mode: u16,
-    /// How long the kernel may trust a name -> inode answer before asking again.
+    /// How long the kernel may trust a name -> inode answer. Long: changes are pushed to the
+    /// kernel by invalidation, not discovered by expiry.
     pub entry_ttl: Duration,
     /// How long the kernel may trust an inode's attributes. Per-version inodes never change.
     pub attr_ttl: Duration,
+    /// How long the kernel may remember that a valid name is absent (404).
+    pub negative_ttl: Duration,
     /// No request waits longer than this for Key Vault or the identity endpoint.
     pub request_timeout: Duration,
 }
@@ -49,6 +58,8 @@ pub struct FsConfig {
 pub enum FsError {
     #[error("no such file")]
     NotFound,
+    #[error("no such file (not a name Key Vault can hold)")]
+    InvalidName,
     #[error("not a directory")]
     NotDir,
     #[error("is a directory")]
@@ -57,10 +68,6 @@ pub enum FsError {
     ReadOnly,
     #[error("no such attribute")]
     NoAttribute,
-    #[error("attribute buffer too small")]
-    Range,
-    #[error("unknown directory handle")]
-    BadHandle,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -69,13 +76,11 @@ impl FsError {
     /// Exhaustive on purpose: a new variant must choose its errno.
     pub fn errno(&self) -> i32 {
         match self {
-            Self::NotFound => libc::ENOENT,
+            Self::NotFound | Self::InvalidName => libc::ENOENT,
             Self::NotDir => libc::ENOTDIR,
             Self::IsDir => libc::EISDIR,
             Self::ReadOnly => libc::EROFS,
             Self::NoAttribute => libc::ENODATA,
-            Self::Range => libc::ERANGE,
-            Self::BadHandle => libc::EBADF,
             Self::Store(e) => e.errno(),
         }
     }
@@ -83,8 +88,8 @@ impl FsError {
     /// Routine answers (an absent name, an absent attribute) are logged at debug only.
     pub fn is_routine(&self) -> bool {
         match self {
-            Self::NotFound | Self::NoAttribute | Self::Range | Self::ReadOnly => true,
-            Self::NotDir | Self::IsDir | Self::BadHandle => false,
+            Self::NotFound | Self::InvalidName | Self::NoAttribute | Self::ReadOnly => true,
+            Self::NotDir | Self::IsDir => false,
             Self::Store(e) => e.is_routine(),
         }
     }
@@ -131,44 +136,70 @@ impl ReadData {
     }
 }
 
-struct Node {
-    secret: Arc<Secret>,
-    /// Kernel references (lookups not yet forgotten).
-    lookups: u64,
+/// Tells the kernel to forget a cached name, so that its next use asks again.
+pub trait Invalidate: Send + Sync {
+    fn entry(&self, parent: u64, name: &str);
+}
+
+enum Node {
+    /// One version of a secret, readable until the kernel forgets it.
+    File { secret: Arc<Secret>, lookups: u64 },
+    /// `.versions/<name>`.
+    VersionsOf { name: SecretName, lookups: u64 },
 }
 
 #[derive(Default)]
 struct Inodes {
     next: u64,
     nodes: HashMap<u64, Node>,
-    /// (name key, version) -> inode.
+    /// (name key, version) -> file inode.
     by_version: HashMap<(String, String), u64>,
+    /// name key -> `.versions/<name>` inode.
+    versions_of: HashMap<String, u64>,
+    /// name key -> every spelling the kernel looked up (names are case-insensitive, dentries
+    /// are not), so that an invalidation reaches each of them.
+    spellings: HashMap<String, BTreeSet<String>>,
+}
+
+impl Inodes {
+    fn allocate(&mut self) -> u64 {
+        let ino = self.next;
+        self.next += 1;
+        ino
+    }
 }
 
 pub struct SecretFs {
-    store: Arc<dyn SecretStore>,
+    cache: SecretCache,
     runtime: Handle,
     config: FsConfig,
     inodes: Mutex<Inodes>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
-    next_handle: AtomicU64,
+    invalidator: OnceLock<Box<dyn Invalidate>>,
     mounted_at: SystemTime,
 }
 
 impl SecretFs {
-    pub fn new(store: Arc<dyn SecretStore>, runtime: Handle, config: FsConfig) -> Self {
+    pub fn new(cache: SecretCache, runtime: Handle, config: FsConfig) -> Self {
         Self {
-            store,
+            cache,
             runtime,
             config,
             inodes: Mutex::new(Inodes {
-                next: ROOT + 1,
+                next: FIRST_DYNAMIC,
                 ..Default::default()
             }),
-            dirs: Mutex::new(HashMap::new()),
-            next_handle: AtomicU64::new(1),
+            invalidator: OnceLock::new(),
             mounted_at: SystemTime::now(),
         }
+    }
+
+    pub fn cache(&self) -> &SecretCache {
+        &self.cache
+    }
+
+    /// Set once the kernel session exists; before that there is nothing to invalidate.
+    pub fn set_invalidator(&self, invalidator: Box<dyn Invalidate>) {
+        let _ = self.invalidator.set(invalidator);
     }
 
     /// Runs a store call on the runtime, bounded by the request timeout whatever the store does.
@@ -184,17 +215,46 @@ impl SecretFs {
         self.inodes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
-        if parent != ROOT {
-            return Err(self.not_a_dir(parent));
+    /// How long the kernel may cache "no such name" for this failed lookup, if at all.
+    pub fn negative_ttl(&self, err: &FsError) -> Option<Duration> {
+        match err {
+            FsError::InvalidName => Some(INVALID_NAME_TTL),
+            FsError::NotFound | FsError::Store(StoreError::NotFound) => {
+                Some(self.config.negative_ttl)
+            }
+            _ => None,
         }
-        // A name Key Vault cannot hold cannot exist: answer without a request.
-        let name = name
-            .to_str()
-            .and_then(SecretName::parse)
-            .ok_or(FsError::NotFound)?;
-        let secret = self.wait(self.store.get(&name))?;
-        let attr = self.remember(secret);
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
+        let attr = match parent {
+            ROOT if name == VERSIONS_DIR => self.dir_attr(VERSIONS),
+            ROOT => {
+                let name = parse_name(name)?;
+                let secret = self.wait(self.cache.get(&name))?;
+                self.remember_spelling(&name);
+                self.remember(secret)
+            }
+            VERSIONS => {
+                let name = parse_name(name)?;
+                // Exists when Key Vault lists versions for it (a disabled secret has some too).
+                self.wait(self.cache.list_versions(&name))?;
+                self.remember_versions_dir(name)
+            }
+            other => {
+                let of = match self.inodes().nodes.get(&other) {
+                    Some(Node::VersionsOf { name, .. }) => name.clone(),
+                    Some(Node::File { .. }) => return Err(FsError::NotDir),
+                    None => return Err(FsError::NotFound),
+                };
+                let version = name
+                    .to_str()
+                    .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .ok_or(FsError::InvalidName)?;
+                let secret = self.wait(self.cache.get_version(&of, version))?;
+                self.remember(secret)
+            }
+        };
         Ok(Entry {
             attr,
             entry_ttl: self.config.entry_ttl,
@@ -202,24 +262,62 @@ impl SecretFs {
         })
     }
 
+    fn remember_spelling(&self, name: &SecretName) {
+        self.inodes()
+            .spellings
+            .entry(name.key())
+            .or_default()
+            .insert(name.as_str().to_owned());
+    }
+
     /// Gives the inode for this exact version (new or existing) one more kernel reference.
     fn remember(&self, secret: Arc<Secret>) -> FileAttr {
-        let key = (
-            secret.properties.name.key(),
-            secret.properties.version.clone().unwrap_or_default(),
-        );
+        let key = version_key(&secret);
         let mut inodes = self.inodes();
-        let candidate = inodes.next;
-        let ino = *inodes.by_version.entry(key).or_insert(candidate);
-        if ino == candidate {
-            inodes.next += 1;
-        }
+        let ino = match inodes.by_version.get(&key) {
+            Some(&ino) => ino,
+            None => {
+                let ino = inodes.allocate();
+                inodes.by_version.insert(key, ino);
+                ino
+            }
+        };
         let node = inodes
             .nodes
             .entry(ino)
-            .or_insert(Node { secret, lookups: 0 });
-        node.lookups += 1;
-        self.file_attr(ino, &node.secret)
+            .or_insert(Node::File { secret, lookups: 0 });
+        match node {
+            Node::File { secret, lookups } => {
+                *lookups += 1;
+                self.file_attr(ino, secret)
+            }
+            // Unreachable by construction (file and directory inodes come from separate maps);
+            // answering with the directory is still a valid reply.
+            Node::VersionsOf { lookups, .. } => {
+                *lookups += 1;
+                self.dir_attr(ino)
+            }
+        }
+    }
+
+    fn remember_versions_dir(&self, name: SecretName) -> FileAttr {
+        let mut inodes = self.inodes();
+        let ino = match inodes.versions_of.get(&name.key()) {
+            Some(&ino) => ino,
+            None => {
+                let ino = inodes.allocate();
+                inodes.versions_of.insert(name.key(), ino);
+                ino
+            }
+        };
+        match inodes
+            .nodes
+            .entry(ino)
+            .or_insert(Node::VersionsOf { name, lookups: 0 })
+        {
+            Node::VersionsOf { lookups, .. } | Node::File { lookups, .. } => *lookups += 1,
+        }
+        self.dir_attr(ino)
     }
 
     /// The kernel dropped `n` references to `ino`; at zero the inode (and its value) goes.
@@ -228,54 +326,91 @@ impl SecretFs {
         let Some(node) = inodes.nodes.get_mut(&ino) else {
             return;
         };
-        node.lookups = node.lookups.saturating_sub(n);
-        if node.lookups == 0
-            && let Some(node) = inodes.nodes.remove(&ino)
-        {
-            let p = &node.secret.properties;
-            inodes
-                .by_version
-                .remove(&(p.name.key(), p.version.clone().unwrap_or_default()));
+        let (Node::File { lookups, .. } | Node::VersionsOf { lookups, .. }) = node;
+        *lookups = lookups.saturating_sub(n);
+        if *lookups > 0 {
+            return;
+        }
+        match inodes.nodes.remove(&ino) {
+            Some(Node::File { secret, .. }) => {
+                inodes.by_version.remove(&version_key(&secret));
+            }
+            Some(Node::VersionsOf { name, .. }) => {
+                inodes.versions_of.remove(&name.key());
+            }
+            None => {}
+        }
+    }
+
+    /// The newest version of every secret the kernel still holds: what a refresh revalidates.
+    pub fn in_use(&self) -> Vec<Arc<Secret>> {
+        let inodes = self.inodes();
+        let mut newest: HashMap<String, (u64, Arc<Secret>)> = HashMap::new();
+        for (&ino, node) in &inodes.nodes {
+            if let Node::File { secret, lookups } = node
+                && *lookups > 0
+            {
+                let slot = newest
+                    .entry(secret.properties.name.key())
+                    .or_insert((ino, secret.clone()));
+                if ino > slot.0 {
+                    *slot = (ino, secret.clone());
+                }
+            }
+        }
+        newest.into_values().map(|(_, s)| s).collect()
+    }
+
+    /// Pushes what a refresh found to the kernel: each changed name is forgotten, so its next
+    /// use looks it up again and gets the new version's inode. Open files keep their inode.
+    pub fn apply(&self, changes: &[Change]) {
+        let Some(invalidator) = self.invalidator.get() else {
+            return;
+        };
+        for change in changes {
+            let (Change::Updated(name) | Change::Gone(name) | Change::Appeared(name)) = change;
+            let mut spellings = self
+                .inodes()
+                .spellings
+                .get(&name.key())
+                .cloned()
+                .unwrap_or_default();
+            spellings.insert(name.as_str().to_owned());
+            for spelling in spellings {
+                invalidator.entry(ROOT, &spelling);
+            }
+            tracing::debug!(?change, "kernel entry invalidated");
         }
     }
 
     pub fn getattr(&self, ino: u64) -> FsResult<(FileAttr, Duration)> {
-        if ino == ROOT {
-            return Ok((self.dir_attr(), self.config.attr_ttl));
-        }
-        let secret = self.secret(ino)?;
-        Ok((self.file_attr(ino, &secret), self.config.attr_ttl))
+        let attr = match ino {
+            ROOT | VERSIONS => self.dir_attr(ino),
+            _ => match self.inodes().nodes.get(&ino) {
+                Some(Node::File { secret, .. }) => self.file_attr(ino, secret),
+                Some(Node::VersionsOf { .. }) => self.dir_attr(ino),
+                None => return Err(FsError::NotFound),
+            },
+        };
+        Ok((attr, self.config.attr_ttl))
     }
 
     fn secret(&self, ino: u64) -> FsResult<Arc<Secret>> {
-        self.inodes()
-            .nodes
-            .get(&ino)
-            .map(|n| n.secret.clone())
-            .ok_or(FsError::NotFound)
-    }
-
-    fn not_a_dir(&self, ino: u64) -> FsError {
-        if self.inodes().nodes.contains_key(&ino) {
-            FsError::NotDir
-        } else {
-            FsError::NotFound
+        match self.inodes().nodes.get(&ino) {
+            Some(Node::File { secret, .. }) => Ok(secret.clone()),
+            Some(Node::VersionsOf { .. }) => Err(FsError::IsDir),
+            None if ino == ROOT || ino == VERSIONS => Err(FsError::IsDir),
+            None => Err(FsError::NotFound),
         }
     }
 
     /// Checks that `ino` is a readable file. Reads are served from the inode's own version.
     pub fn open(&self, ino: u64) -> FsResult<()> {
-        if ino == ROOT {
-            return Err(FsError::IsDir);
-        }
         self.secret(ino).map(|_| ())
     }
 
     /// Reads `size` bytes at `offset`, clamped to the value: past the end is an empty read.
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<ReadData> {
-        if ino == ROOT {
-            return Err(FsError::IsDir);
-        }
         let secret = self.secret(ino)?;
         let len = secret.value.len();
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
@@ -286,71 +421,67 @@ impl SecretFs {
         })
     }
 
-    /// Snapshots the listing for one open directory, so that paging through it with offsets
-    /// sees one consistent list even if the vault changes meanwhile.
-    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        if ino != ROOT {
-            return Err(self.not_a_dir(ino));
-        }
-        let listing = self.wait(self.store.list())?;
-        let mut entries = vec![
-            DirEntry {
-                ino: ROOT,
-                next_offset: 1,
-                kind: FileType::Directory,
-                name: ".".into(),
-            },
-            DirEntry {
-                ino: ROOT,
-                next_offset: 2,
-                kind: FileType::Directory,
-                name: "..".into(),
-            },
-        ];
-        for p in listing.iter().filter(|p| p.enabled) {
-            entries.push(DirEntry {
-                ino: listing_ino(&p.name),
-                next_offset: entries.len() as u64 + 1,
-                kind: FileType::RegularFile,
-                name: p.name.as_str().to_owned(),
-            });
-        }
-        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.dirs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(handle, Arc::new(entries));
-        Ok(handle)
-    }
-
-    /// The entries of an open directory from `offset` on.
-    pub fn readdir(&self, handle: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
-        let entries = self
-            .dirs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&handle)
-            .cloned()
-            .ok_or(FsError::BadHandle)?;
+    /// The entries of a directory from `offset` on. Offsets index the current (cached)
+    /// listing, so a listing that changes between two calls may skip or repeat a name.
+    pub fn readdir(&self, ino: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
+        let (parent, children): (u64, Vec<(u64, FileType, String)>) = match ino {
+            ROOT | VERSIONS => {
+                let listing = self.wait(self.cache.list())?;
+                let kind = if ino == ROOT {
+                    FileType::RegularFile
+                } else {
+                    FileType::Directory
+                };
+                let names = listing
+                    .iter()
+                    .filter(|p| p.enabled)
+                    .map(|p| (listing_ino(&p.name), kind, p.name.as_str().to_owned()))
+                    .collect();
+                (ROOT, names)
+            }
+            _ => {
+                let name = match self.inodes().nodes.get(&ino) {
+                    Some(Node::VersionsOf { name, .. }) => name.clone(),
+                    Some(Node::File { .. }) => return Err(FsError::NotDir),
+                    None => return Err(FsError::NotFound),
+                };
+                let versions = self.wait(self.cache.list_versions(&name))?;
+                let files = versions
+                    .iter()
+                    .filter_map(|p| p.version.clone())
+                    .map(|v| (listing_ino_str(&v), FileType::RegularFile, v))
+                    .collect();
+                (VERSIONS, files)
+            }
+        };
+        let all = [
+            (ino, FileType::Directory, ".".to_owned()),
+            (parent, FileType::Directory, "..".to_owned()),
+        ]
+        .into_iter()
+        .chain(children);
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        Ok(entries.get(start..).unwrap_or_default().to_vec())
-    }
-
-    pub fn releasedir(&self, handle: u64) {
-        self.dirs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&handle);
+        Ok(all
+            .enumerate()
+            .skip(start)
+            .map(|(i, (ino, kind, name))| DirEntry {
+                ino,
+                next_offset: i as u64 + 1,
+                kind,
+                name,
+            })
+            .collect())
     }
 
     /// Names of the metadata attributes of `ino`, NUL-terminated, as `listxattr` returns them.
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
-        if ino == ROOT {
-            return Ok(Vec::new());
-        }
-        let secret = self.secret(ino)?;
+        let secret = match self.secret(ino) {
+            Ok(secret) => secret,
+            Err(FsError::IsDir) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
         let mut out = Vec::new();
-        for (name, _) in xattrs(&secret) {
+        for (name, _) in self.xattrs(&secret) {
             out.extend_from_slice(name.as_bytes());
             out.push(0);
         }
@@ -358,16 +489,49 @@ impl SecretFs {
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
-        if ino == ROOT {
-            return Err(FsError::NoAttribute);
-        }
-        let secret = self.secret(ino)?;
+        let secret = match self.secret(ino) {
+            Ok(secret) => secret,
+            Err(FsError::IsDir) => return Err(FsError::NoAttribute),
+            Err(e) => return Err(e),
+        };
         let wanted = name.to_str().ok_or(FsError::NoAttribute)?;
-        xattrs(&secret)
+        self.xattrs(&secret)
             .into_iter()
             .find(|(n, _)| n == wanted)
             .map(|(_, v)| v.into_bytes())
             .ok_or(FsError::NoAttribute)
+    }
+
+    /// The metadata attributes of one version, in a fixed order. Never the value.
+    fn xattrs(&self, secret: &Secret) -> Vec<(String, String)> {
+        let p = &secret.properties;
+        let mut out = Vec::new();
+        let mut add =
+            |name: &str, value: String| out.push((format!("{XATTR_PREFIX}{name}"), value));
+        if let Some(v) = &p.version {
+            add("version", v.clone());
+        }
+        if let Some(ct) = &p.content_type {
+            add("content_type", ct.clone());
+        }
+        for (name, time) in [
+            ("created", p.created),
+            ("updated", p.updated),
+            ("expires", p.expires),
+            ("not_before", p.not_before),
+        ] {
+            if let Some(t) = time.and_then(rfc3339) {
+                add(name, t);
+            }
+        }
+        add("enabled", p.enabled.to_string());
+        for (tag, value) in &p.tags {
+            add(&format!("tags.{tag}"), value.clone());
+        }
+        if let Some(since) = self.cache.stale_since(&p.name).and_then(rfc3339) {
+            add("stale", since);
+        }
+        out
     }
 
     fn file_attr(&self, ino: u64, secret: &Secret) -> FileAttr {
@@ -393,9 +557,9 @@ impl SecretFs {
         }
     }
 
-    fn dir_attr(&self) -> FileAttr {
+    fn dir_attr(&self, ino: u64) -> FileAttr {
         FileAttr {
-            ino: INodeNo(ROOT),
+            ino: INodeNo(ino),
             size: 0,
             blocks: 0,
             atime: self.mounted_at,
@@ -414,40 +578,30 @@ impl SecretFs {
     }
 }
 
-/// A stable inode number for a listed name (FNV-1a of its key), with the listing bit set.
-fn listing_ino(name: &SecretName) -> u64 {
-    let hash = name.key().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+/// A name Key Vault cannot hold cannot exist: it is answered without a request.
+fn parse_name(name: &OsStr) -> FsResult<SecretName> {
+    name.to_str()
+        .and_then(SecretName::parse)
+        .ok_or(FsError::InvalidName)
+}
+
+fn version_key(secret: &Secret) -> (String, String) {
+    (
+        secret.properties.name.key(),
+        secret.properties.version.clone().unwrap_or_default(),
+    )
+}
+
+fn listing_ino_str(s: &str) -> u64 {
+    let hash = s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0000_01b3)
     });
     hash | LISTING_INO_BIT
 }
 
-/// The metadata attributes of one version, in a fixed order. Never the value.
-fn xattrs(secret: &Secret) -> Vec<(String, String)> {
-    let p = &secret.properties;
-    let mut out = Vec::new();
-    let mut add = |name: &str, value: String| out.push((format!("{XATTR_PREFIX}{name}"), value));
-    if let Some(v) = &p.version {
-        add("version", v.clone());
-    }
-    if let Some(ct) = &p.content_type {
-        add("content_type", ct.clone());
-    }
-    for (name, time) in [
-        ("created", p.created),
-        ("updated", p.updated),
-        ("expires", p.expires),
-        ("not_before", p.not_before),
-    ] {
-        if let Some(t) = time.and_then(rfc3339) {
-            add(name, t);
-        }
-    }
-    add("enabled", p.enabled.to_string());
-    for (tag, value) in &p.tags {
-        add(&format!("tags.{tag}"), value.clone());
-    }
-    out
+/// A stable inode number for a listed name (FNV-1a of its key), with the listing bit set.
+fn listing_ino(name: &SecretName) -> u64 {
+    listing_ino_str(name.as_str())
 }
 
 fn rfc3339(t: SystemTime) -> Option<String> {
@@ -459,16 +613,28 @@ fn rfc3339(t: SystemTime) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::CacheConfig;
     use crate::store::MemoryStore;
     use std::ffi::OsString;
+    use std::num::NonZeroUsize;
 
     struct Fixture {
         _rt: tokio::runtime::Runtime,
         store: Arc<MemoryStore>,
         fs: SecretFs,
+        invalidated: Arc<Mutex<Vec<String>>>,
     }
 
-    fn fixture() -> Fixture {
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+
+    impl Invalidate for Recorder {
+        fn entry(&self, parent: u64, name: &str) {
+            self.0.lock().unwrap().push(format!("{parent}/{name}"));
+        }
+    }
+
+    /// A filesystem over an in-memory store behind a cache with `ttl` (zero: every lookup asks).
+    fn fixture_with_ttl(ttl: Duration) -> Fixture {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -479,24 +645,50 @@ mod tests {
         store.put("api-key", "k");
         store.put("off", "x");
         store.set_enabled("off", false);
-        let fs = SecretFs::new(
+        let cache = SecretCache::new(
             store.clone(),
+            CacheConfig {
+                capacity: NonZeroUsize::new(100).unwrap(),
+                ttl,
+                negative_ttl: Duration::ZERO,
+                list_ttl: Duration::ZERO,
+                max_stale: Duration::from_secs(3600),
+            },
+        );
+        let fs = SecretFs::new(
+            cache,
             rt.handle().clone(),
             FsConfig {
                 uid: 1,
                 gid: 2,
                 file_mode: 0o400,
                 dir_mode: 0o500,
-                entry_ttl: Duration::from_secs(1),
-                attr_ttl: Duration::from_secs(60),
+                entry_ttl: Duration::from_secs(86400),
+                attr_ttl: Duration::from_secs(86400),
+                negative_ttl: Duration::from_secs(30),
                 request_timeout: Duration::from_millis(200),
             },
         );
-        Fixture { _rt: rt, store, fs }
+        let invalidated = Arc::new(Mutex::new(Vec::new()));
+        fs.set_invalidator(Box::new(Recorder(invalidated.clone())));
+        Fixture {
+            _rt: rt,
+            store,
+            fs,
+            invalidated,
+        }
+    }
+
+    fn fixture() -> Fixture {
+        fixture_with_ttl(Duration::ZERO)
     }
 
     fn os(s: &str) -> OsString {
         OsString::from(s)
+    }
+
+    fn names(entries: Vec<DirEntry>) -> Vec<String> {
+        entries.into_iter().map(|e| e.name).collect()
     }
 
     #[test]
@@ -509,13 +701,12 @@ mod tests {
     }
 
     #[test]
-    fn invalid_names_cost_no_request() {
+    fn invalid_names_cost_no_request_and_are_cached_negative() {
         let f = fixture();
         for bad in [".git", "a_b", "foo.swp", "x.y", ""] {
-            assert_eq!(
-                f.fs.lookup(ROOT, &os(bad)).unwrap_err().errno(),
-                libc::ENOENT
-            );
+            let err = f.fs.lookup(ROOT, &os(bad)).unwrap_err();
+            assert_eq!(err.errno(), libc::ENOENT);
+            assert_eq!(f.fs.negative_ttl(&err), Some(INVALID_NAME_TTL));
         }
         use std::os::unix::ffi::OsStrExt;
         let not_utf8 = OsStr::from_bytes(b"\xff\xfe");
@@ -529,14 +720,12 @@ mod tests {
     #[test]
     fn errno_rows_reach_the_reader() {
         let f = fixture();
-        assert_eq!(
-            f.fs.lookup(ROOT, &os("missing")).unwrap_err().errno(),
-            libc::ENOENT
-        );
-        assert_eq!(
-            f.fs.lookup(ROOT, &os("off")).unwrap_err().errno(),
-            libc::EACCES
-        );
+        let missing = f.fs.lookup(ROOT, &os("missing")).unwrap_err();
+        assert_eq!(missing.errno(), libc::ENOENT);
+        assert_eq!(f.fs.negative_ttl(&missing), Some(Duration::from_secs(30)));
+        let off = f.fs.lookup(ROOT, &os("off")).unwrap_err();
+        assert_eq!(off.errno(), libc::EACCES);
+        assert_eq!(f.fs.negative_ttl(&off), None);
         f.store
             .fail_with(Some(StoreError::Throttled { retry_after: None }));
         assert_eq!(
@@ -582,10 +771,8 @@ mod tests {
     fn new_version_new_inode_old_one_readable_until_forgotten() {
         let f = fixture();
         let old = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
-        // Same version looked up again: same inode.
         assert_eq!(f.fs.lookup(ROOT, &os("API-KEY")).unwrap().attr.ino.0, old);
         f.store.put("api-key", "rotated");
-        // The store here is uncached, so the next lookup sees the new version.
         let new = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
         assert_ne!(old, new);
         assert_eq!(f.fs.read(old, 0, 100).unwrap().as_bytes(), b"k");
@@ -600,26 +787,42 @@ mod tests {
     #[test]
     fn listing_shows_enabled_secrets_and_never_fetches_values() {
         let f = fixture();
-        let h = f.fs.opendir(ROOT).unwrap();
-        let names: Vec<_> =
-            f.fs.readdir(h, 0)
-                .unwrap()
-                .into_iter()
-                .map(|e| e.name)
-                .collect();
-        assert_eq!(names, [".", "..", "api-key", "db-password"]);
-        let rest: Vec<_> =
-            f.fs.readdir(h, 3)
-                .unwrap()
-                .into_iter()
-                .map(|e| e.name)
-                .collect();
-        assert_eq!(rest, ["db-password"]);
-        assert!(f.fs.readdir(h, 99).unwrap().is_empty());
-        f.fs.releasedir(h);
-        assert_eq!(f.fs.readdir(h, 0).unwrap_err().errno(), libc::EBADF);
+        assert_eq!(
+            names(f.fs.readdir(ROOT, 0).unwrap()),
+            [".", "..", "api-key", "db-password"]
+        );
+        assert_eq!(names(f.fs.readdir(ROOT, 3).unwrap()), ["db-password"]);
+        assert!(f.fs.readdir(ROOT, 99).unwrap().is_empty());
         assert_eq!(f.store.gets(), 0);
-        assert_eq!(f.fs.opendir(42).unwrap_err().errno(), libc::ENOENT);
+        assert_eq!(f.fs.readdir(42, 0).unwrap_err().errno(), libc::ENOENT);
+    }
+
+    #[test]
+    fn versions_directory_lists_and_reads_every_version() {
+        let f = fixture();
+        let old_version = {
+            let e = f.fs.lookup(ROOT, &os("api-key")).unwrap();
+            f.fs.xattrs(&f.fs.secret(e.attr.ino.0).unwrap())[0]
+                .1
+                .clone()
+        };
+        f.store.put("api-key", "second");
+        let dir = f.fs.lookup(VERSIONS, &os("api-key")).unwrap().attr;
+        assert_eq!(dir.kind, FileType::Directory);
+        let listed = names(f.fs.readdir(dir.ino.0, 2).unwrap());
+        assert_eq!(listed.len(), 2);
+        assert!(listed.contains(&old_version));
+        let file = f.fs.lookup(dir.ino.0, &os(&old_version)).unwrap().attr;
+        assert_eq!(f.fs.read(file.ino.0, 0, 100).unwrap().as_bytes(), b"k");
+        assert_eq!(
+            f.fs.lookup(dir.ino.0, &os("nothex")).unwrap_err().errno(),
+            libc::ENOENT
+        );
+        assert_eq!(
+            f.fs.lookup(VERSIONS, &os("absent")).unwrap_err().errno(),
+            libc::ENOENT
+        );
+        assert!(!names(f.fs.readdir(ROOT, 0).unwrap()).contains(&VERSIONS_DIR.to_owned()));
     }
 
     #[test]
@@ -629,7 +832,9 @@ mod tests {
         let list = f.fs.listxattr(ino).unwrap();
         let text = String::from_utf8(list).unwrap();
         assert!(text.contains("user.kvfs.version\0"));
+        assert!(text.contains("user.kvfs.updated\0"));
         assert!(text.contains("user.kvfs.enabled\0"));
+        assert!(!text.contains("user.kvfs.stale"));
         assert!(!text.contains("hunter2"));
         assert_eq!(
             f.fs.getxattr(ino, &os("user.kvfs.enabled")).unwrap(),
@@ -639,5 +844,16 @@ mod tests {
             f.fs.getxattr(ino, &os("user.other")).unwrap_err().errno(),
             libc::ENODATA
         );
+    }
+
+    #[test]
+    fn refresh_changes_invalidate_every_spelling() {
+        let f = fixture_with_ttl(Duration::from_secs(300));
+        f.fs.lookup(ROOT, &os("api-key")).unwrap();
+        f.fs.lookup(ROOT, &os("API-Key")).unwrap();
+        f.fs.apply(&[Change::Updated(SecretName::parse("api-key").unwrap())]);
+        let got = f.invalidated.lock().unwrap().clone();
+        assert_eq!(got, ["1/API-Key", "1/api-key"]);
+        assert_eq!(f.fs.in_use().len(), 1);
     }
 }

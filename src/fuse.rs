@@ -5,23 +5,38 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags,
+    Errno, FileHandle, Filesystem, Generation, INodeNo, LockOwner, Notifier, OpenFlags,
     RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
     ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{FsError, SecretFs};
+use crate::fs::{FsError, Invalidate, SecretFs};
 
 pub struct FuseAdapter {
-    fs: SecretFs,
+    fs: Arc<SecretFs>,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: SecretFs) -> Self {
+    pub fn new(fs: Arc<SecretFs>) -> Self {
         Self { fs }
+    }
+}
+
+/// Invalidations through the kernel session. A name the kernel does not hold answers ENOENT,
+/// which is not a failure.
+pub struct KernelInvalidator(pub Notifier);
+
+impl Invalidate for KernelInvalidator {
+    fn entry(&self, parent: u64, name: &str) {
+        if let Err(e) = self.0.inval_entry(INodeNo(parent), OsStr::new(name))
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::warn!(name, error = %e, "kernel entry invalidation failed");
+        }
     }
 }
 
@@ -49,7 +64,21 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
             Ok(e) => reply.entry_with_ttls(&e.attr_ttl, &e.entry_ttl, &e.attr, Generation(0)),
-            Err(err) => reply.error(errno("lookup", parent.0, &err)),
+            Err(err) => match self.fs.negative_ttl(&err) {
+                // Inode 0 with a TTL is a negative entry the kernel caches; a plain ENOENT
+                // would bring every retry of the name back here.
+                Some(ttl) if parent.0 == crate::fs::ROOT => {
+                    errno("lookup", parent.0, &err);
+                    match self.fs.getattr(crate::fs::ROOT) {
+                        Ok((mut attr, _)) => {
+                            attr.ino = INodeNo(0);
+                            reply.entry_with_ttls(&ttl, &ttl, &attr, Generation(0));
+                        }
+                        Err(e) => reply.error(errno("lookup", parent.0, &e)),
+                    }
+                }
+                _ => reply.error(errno("lookup", parent.0, &err)),
+            },
         }
     }
 
@@ -64,13 +93,11 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // An inode's content never changes (one inode per version), so the kernel may keep
-        // its pages across opens.
-        match self.fs.open(ino.0) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(err) => reply.error(errno("open", ino.0, &err)),
-        }
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Zero-message open: ENOSYS makes the kernel stop sending OPEN and RELEASE for the
+        // mount's life and keep each inode's pages across opens. That is correct here because
+        // an inode is one version and its content never changes.
+        reply.error(Errno::ENOSYS);
     }
 
     fn read(
@@ -90,22 +117,20 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino.0) {
-            Ok(handle) => reply.opened(FileHandle(handle), FopenFlags::empty()),
-            Err(err) => reply.error(errno("opendir", ino.0, &err)),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // As for open: no OPENDIR/RELEASEDIR messages; readdir works from offsets.
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(fh.0, offset) {
+        match self.fs.readdir(ino.0, offset) {
             Ok(entries) => {
                 for e in entries {
                     if reply.add(INodeNo(e.ino), e.next_offset, e.kind, &e.name) {
@@ -116,18 +141,6 @@ impl Filesystem for FuseAdapter {
             }
             Err(err) => reply.error(errno("readdir", ino.0, &err)),
         }
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.fs.releasedir(fh.0);
-        reply.ok();
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

@@ -2,7 +2,7 @@
 //!
 //! Reading order: `cli` (flags) -> `run` (startup, mount, shutdown) -> `fuse` (thin fuser
 //! adapter) -> `fs` (inodes, attributes, listings as plain Results) -> `cache` (LRU, TTLs,
-//! single flight) -> `store` (the `SecretStore` seam; Key Vault and in-memory) -> `auth` and
+//! single flight, stale serving; `refresh` keeps secrets in use fresh) -> `store` (the `SecretStore` seam; Key Vault and in-memory) -> `auth` and
 //! `transport` (identity and the one HTTP client). `emulator` is a Key Vault for tests and demos.
 
 pub mod auth;
@@ -12,6 +12,7 @@ pub mod emulator;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod refresh;
 pub mod run;
 pub mod secret;
 pub mod store;

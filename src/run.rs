@@ -17,15 +17,15 @@ use crate::cli::{DemoArgs, EmulatorArgs, IdentityArgs, MountArgs, MountOptions};
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::error::{Forbidden, StoreError};
 use crate::fs::{FsConfig, SecretFs};
-use crate::fuse::FuseAdapter;
+use crate::fuse::{FuseAdapter, KernelInvalidator};
+use crate::refresh;
 use crate::store::keyvault::{KeyVaultConfig, KeyVaultStore, classify};
 use crate::store::{RetryPolicy, RetryStore, SecretStore};
 use crate::transport::{self, TransportConfig};
 
-/// Kernel TTL for names: short, since rotation reaches readers through fresh lookups.
-const ENTRY_TTL: Duration = Duration::from_secs(1);
-/// Kernel TTL for attributes: an inode is one version and never changes.
-const ATTR_TTL: Duration = Duration::from_secs(3600);
+/// Kernel TTL for names and attributes: long, because changes reach the kernel as explicit
+/// invalidations (refresh) and an inode is one version whose attributes never change.
+const KERNEL_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Why kvfs stopped. The message names the cause and, where there is one, the fix.
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +198,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             ttl: o.cache_ttl,
             negative_ttl: o.negative_ttl,
             list_ttl: o.list_ttl,
+            max_stale: o.max_stale,
         },
     );
     if !o.no_startup_check {
@@ -206,7 +207,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             .map_err(RunError::Startup)?;
     }
     let fs = SecretFs::new(
-        Arc::new(cache),
+        cache,
         runtime.handle().clone(),
         FsConfig {
             // SAFETY: geteuid/getegid cannot fail and touch no memory.
@@ -215,8 +216,9 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             gid: o.gid.unwrap_or_else(|| unsafe { libc::getegid() }),
             file_mode: o.file_mode,
             dir_mode: o.dir_mode,
-            entry_ttl: ENTRY_TTL,
-            attr_ttl: ATTR_TTL,
+            entry_ttl: KERNEL_TTL,
+            attr_ttl: KERNEL_TTL,
+            negative_ttl: o.negative_ttl,
             request_timeout: o.request_timeout,
         },
     );
@@ -245,10 +247,12 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         path: plan.mountpoint.clone(),
         reason: e.to_string(),
     };
-    let session = fuser::Session::new(FuseAdapter::new(fs), &plan.mountpoint, &config)
-        .map_err(mount_error)?
-        .spawn()
+    let fs = Arc::new(fs);
+    let session = fuser::Session::new(FuseAdapter::new(fs.clone()), &plan.mountpoint, &config)
         .map_err(mount_error)?;
+    fs.set_invalidator(Box::new(KernelInvalidator(session.notifier())));
+    let session = session.spawn().map_err(mount_error)?;
+    let refresher = runtime.spawn(refresh::run(fs, refresh::period_for(o.cache_ttl)));
     tracing::info!(mountpoint = %plan.mountpoint.display(), vault = %plan.vault_url, "mounted");
     let unmounted_outside = runtime.block_on(async {
         let session_ended = async {
@@ -261,6 +265,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             () = session_ended => true,
         }
     });
+    refresher.abort();
     if unmounted_outside {
         tracing::info!("unmounted from outside; exiting");
         return session.join().map_err(mount_error);

@@ -32,4 +32,17 @@ pub trait SecretStore: Send + Sync + 'static {
     /// `NotFound` when no such secret exists; `Forbidden(SecretDisabled)` when it is disabled;
     /// `Forbidden(..)` when this identity may not read it.
     async fn get(&self, name: &SecretName) -> Result<Arc<Secret>, StoreError>;
+
+    /// Every version of `name` (all pages), without values, sorted by version id.
+    /// `NotFound` when no such secret exists.
+    async fn list_versions(&self, name: &SecretName) -> Result<Listing, StoreError>;
+
+    /// One exact version of `name`, value included. Versions never change.
+    /// `NotFound` when the secret or the version does not exist; `Forbidden(SecretDisabled)`
+    /// when that version is disabled.
+    async fn get_version(
+        &self,
+        name: &SecretName,
+        version: &str,
+    ) -> Result<Arc<Secret>, StoreError>;
 }

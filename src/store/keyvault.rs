@@ -14,6 +14,7 @@ use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
 use azure_core::http::headers::RETRY_AFTER;
 use azure_core::http::{ClientOptions, RetryOptions, Transport};
+use azure_security_keyvault_secrets::models::SecretClientGetSecretOptions;
 use azure_security_keyvault_secrets::models::{SecretAttributes, SecretProperties as KvProperties};
 use azure_security_keyvault_secrets::{ResourceExt, SecretClient, SecretClientOptions};
 use futures::TryStreamExt;
@@ -70,9 +71,46 @@ impl SecretStore for KeyVaultStore {
     }
 
     async fn get(&self, name: &SecretName) -> Result<Arc<Secret>, StoreError> {
+        self.fetch(name, None).await
+    }
+
+    async fn list_versions(&self, name: &SecretName) -> Result<Listing, StoreError> {
+        let mut pager = self
+            .client
+            .list_secret_properties_versions(name.as_str(), None)
+            .map_err(classify)?;
+        let mut listing = Vec::new();
+        while let Some(item) = pager.try_next().await.map_err(classify)? {
+            if let Some(properties) = from_list_item(&item) {
+                listing.push(properties);
+            }
+        }
+        listing.sort_by(|a, b| a.version.cmp(&b.version));
+        Ok(Arc::new(listing))
+    }
+
+    async fn get_version(
+        &self,
+        name: &SecretName,
+        version: &str,
+    ) -> Result<Arc<Secret>, StoreError> {
+        self.fetch(name, Some(version)).await
+    }
+}
+
+impl KeyVaultStore {
+    async fn fetch(
+        &self,
+        name: &SecretName,
+        version: Option<&str>,
+    ) -> Result<Arc<Secret>, StoreError> {
+        let options = version.map(|v| SecretClientGetSecretOptions {
+            secret_version: Some(v.to_owned()),
+            ..Default::default()
+        });
         let response = self
             .client
-            .get_secret(name.as_str(), None)
+            .get_secret(name.as_str(), options)
             .await
             .map_err(classify)?;
         let secret = response
@@ -92,6 +130,7 @@ fn from_list_item(item: &KvProperties) -> Option<SecretProperties> {
     let id = item.resource_id().ok()?;
     let name = SecretName::parse(&id.name)?;
     let mut p = properties(name, item.attributes.as_ref());
+    p.version = id.version;
     p.content_type = item.content_type.clone();
     p.tags = item
         .tags

@@ -15,7 +15,10 @@ use crate::secret::{Secret, SecretName, SecretProperties, SecretValue};
 
 #[derive(Default)]
 pub struct MemoryStore {
+    /// Latest version per name key.
     secrets: Mutex<BTreeMap<String, Arc<Secret>>>,
+    /// Every version ever put, by (name key, version).
+    history: Mutex<BTreeMap<(String, String), Arc<Secret>>>,
     /// The error to fail with, and how many more times (`None`: until cleared).
     failure: Mutex<Option<(StoreError, Option<u32>)>>,
     delay: Mutex<Duration>,
@@ -33,13 +36,16 @@ impl MemoryStore {
     pub fn put(&self, name: &str, value: &str) {
         let name = SecretName::parse(name).expect("test secret names are valid");
         let version = self.versions.fetch_add(1, Ordering::Relaxed);
+        let version = format!("{version:032x}");
         let mut properties = SecretProperties::new(name.clone());
-        properties.version = Some(format!("{version:032x}"));
-        let secret = Secret {
+        properties.version = Some(version.clone());
+        properties.updated = Some(std::time::SystemTime::now());
+        let secret = Arc::new(Secret {
             properties,
             value: SecretValue::from_string(value.to_owned()),
-        };
-        lock(&self.secrets).insert(name.key(), Arc::new(secret));
+        });
+        lock(&self.history).insert((name.key(), version), secret.clone());
+        lock(&self.secrets).insert(name.key(), secret);
     }
 
     pub fn remove(&self, name: &str) {
@@ -124,6 +130,34 @@ impl SecretStore for MemoryStore {
             ));
         }
         Ok(secret)
+    }
+
+    async fn list_versions(&self, name: &SecretName) -> Result<Listing, StoreError> {
+        self.lists.fetch_add(1, Ordering::Relaxed);
+        self.answer().await?;
+        let key = name.key();
+        let versions: Vec<_> = lock(&self.history)
+            .iter()
+            .filter(|((k, _), _)| *k == key)
+            .map(|(_, s)| s.properties.clone())
+            .collect();
+        if versions.is_empty() {
+            return Err(StoreError::NotFound);
+        }
+        Ok(Arc::new(versions))
+    }
+
+    async fn get_version(
+        &self,
+        name: &SecretName,
+        version: &str,
+    ) -> Result<Arc<Secret>, StoreError> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.answer().await?;
+        lock(&self.history)
+            .get(&(name.key(), version.to_owned()))
+            .cloned()
+            .ok_or(StoreError::NotFound)
     }
 }
 

@@ -98,6 +98,18 @@ impl SecretStore for RetryStore {
     async fn get(&self, name: &SecretName) -> Result<Arc<Secret>, StoreError> {
         self.retry(|| self.inner.get(name)).await
     }
+
+    async fn list_versions(&self, name: &SecretName) -> Result<Listing, StoreError> {
+        self.retry(|| self.inner.list_versions(name)).await
+    }
+
+    async fn get_version(
+        &self,
+        name: &SecretName,
+        version: &str,
+    ) -> Result<Arc<Secret>, StoreError> {
+        self.retry(|| self.inner.get_version(name, version)).await
+    }
 }
 
 #[cfg(test)]
