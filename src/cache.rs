@@ -43,7 +43,7 @@ pub struct CacheConfig {
 /// After a transient failure, expired entries are served stale without a new request for this
 /// long (doubling per failure, up to the cap); the refresh keeps probing on its own schedule.
 const OUTAGE_BACKOFF: Duration = Duration::from_secs(1);
-const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(8);
 /// A secret fetched within this long of its `updated` time may have been changed again in the
 /// same second, which a listing (1 s resolution) cannot show: it is fetched once more.
 const SAME_SECOND_WINDOW: Duration = Duration::from_secs(2);
@@ -90,6 +90,8 @@ struct State {
     versions: LruCache<String, (Listing, Instant)>,
     outage_until: Option<Instant>,
     outage_backoff: Duration,
+    /// The failure that opened the current outage window: misses fail fast with it meanwhile.
+    outage_error: Option<StoreError>,
 }
 
 struct Inner {
@@ -113,6 +115,7 @@ impl SecretCache {
             versions: LruCache::new(config.capacity),
             outage_until: None,
             outage_backoff: OUTAGE_BACKOFF,
+            outage_error: None,
         };
         Self {
             inner: Arc::new(Inner {
@@ -156,6 +159,7 @@ impl SecretCache {
             let mut state = inner.lock();
             state.outage_until = None;
             state.outage_backoff = OUTAGE_BACKOFF;
+            state.outage_error = None;
             state.listing.replace((listing.clone(), Instant::now()))
         };
         let listed: HashMap<String, &SecretProperties> =
@@ -226,6 +230,33 @@ impl SecretCache {
     }
 }
 
+impl SecretCache {
+    /// After a failed refresh: secrets in use past their TTL are marked stale (the kernel still
+    /// serves them from its caches), and those past `max_stale` are dropped and reported gone,
+    /// so that the kernel asks again and the reader gets the error instead of an old value.
+    pub fn outage(&self, in_use: &[Arc<Secret>]) -> Vec<Change> {
+        let now = Instant::now();
+        let config = self.inner.config;
+        let mut state = self.inner.lock();
+        let mut gone = Vec::new();
+        for held in in_use {
+            let name = &held.properties.name;
+            let key = Key::Latest(name.key());
+            let Some(Entry::Found(f)) = state.entries.peek_mut(&key) else {
+                continue;
+            };
+            let age = now.duration_since(f.validated);
+            if age >= config.max_stale {
+                state.entries.pop(&key);
+                gone.push(Change::Gone(name.clone()));
+            } else if age >= config.ttl {
+                mark_stale(f);
+            }
+        }
+        gone
+    }
+}
+
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -243,15 +274,23 @@ impl Inner {
         );
     }
 
-    /// Notes a transient failure: the read path backs off before asking Key Vault again.
+    /// Notes a transient failure: for a window (1 s, doubling per window that ends in another
+    /// failure, up to 8 s) the read path asks Key Vault nothing more. Expired secrets are served
+    /// stale and misses fail at once; the kernel retries a failed lookup by itself, one waiter
+    /// after another, and each would otherwise start a new round of retries.
     fn failed(&self, err: &StoreError) {
         if err.is_definitive() {
             return;
         }
+        let now = Instant::now();
         let mut state = self.lock();
+        if state.outage_until.is_some_and(|until| now < until) {
+            return;
+        }
         let backoff = state.outage_backoff;
-        state.outage_until = Some(Instant::now() + backoff);
+        state.outage_until = Some(now + backoff);
         state.outage_backoff = (backoff * 2).min(OUTAGE_BACKOFF_MAX);
+        state.outage_error = Some(err.clone());
     }
 
     /// The answer for `key` without a request, if there is one: fresh, or stale and allowed.
@@ -263,7 +302,15 @@ impl Inner {
     ) -> Option<Result<Arc<Secret>, StoreError>> {
         let in_outage = state.outage_until.is_some_and(|until| now < until);
         let config = self.config;
-        match state.entries.get_mut(key)? {
+        // During an outage window a miss fails at once with the error that opened it.
+        let fail_fast = in_outage
+            .then(|| state.outage_error.clone())
+            .flatten()
+            .map(Err);
+        let Some(entry) = state.entries.get_mut(key) else {
+            return fail_fast;
+        };
+        match entry {
             Entry::Found(f) => {
                 let age = now.duration_since(f.validated);
                 let immutable = matches!(key, Key::Version(..));
@@ -274,12 +321,12 @@ impl Inner {
                     mark_stale(f);
                     return Some(Ok(f.secret.clone()));
                 }
-                None
+                fail_fast
             }
             Entry::Missing { at } if now.duration_since(*at) < config.negative_ttl => {
                 Some(Err(StoreError::NotFound))
             }
-            Entry::Missing { .. } => None,
+            Entry::Missing { .. } => fail_fast,
         }
     }
 
@@ -300,6 +347,7 @@ impl Inner {
             Ok(secret) => {
                 state.outage_until = None;
                 state.outage_backoff = OUTAGE_BACKOFF;
+                state.outage_error = None;
                 state.entries.put(
                     key,
                     Entry::Found(Found {
@@ -533,6 +581,13 @@ mod tests {
             StoreError::Service { status: 503 }
         );
         store.fail_with(None);
+        // Within the outage window the miss fails at once, without a request.
+        assert_eq!(
+            cache.get(&name("a")).await.unwrap_err(),
+            StoreError::Service { status: 503 }
+        );
+        assert_eq!(store.gets(), 1);
+        tokio::time::advance(OUTAGE_BACKOFF).await;
         assert!(cache.get(&name("a")).await.is_ok());
         assert_eq!(store.gets(), 2);
     }
@@ -558,6 +613,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(3300)).await;
         assert!(cache.get(&name("a")).await.is_err(), "past max_stale");
         store.fail_with(None);
+        tokio::time::advance(OUTAGE_BACKOFF_MAX).await;
         assert!(cache.get(&name("a")).await.is_ok());
         assert!(cache.stale_since(&name("a")).is_none());
     }
@@ -711,6 +767,19 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outage_marks_stale_then_drops_past_max_stale() {
+        let (_store, cache) = setup();
+        let a = cache.get(&name("a")).await.unwrap();
+        assert!(cache.outage(std::slice::from_ref(&a)).is_empty());
+        assert!(cache.stale_since(&name("a")).is_none(), "still within ttl");
+        tokio::time::advance(Duration::from_secs(301)).await;
+        assert!(cache.outage(std::slice::from_ref(&a)).is_empty());
+        assert!(cache.stale_since(&name("a")).is_some());
+        tokio::time::advance(Duration::from_secs(3300)).await;
+        assert_eq!(cache.outage(&[a]), vec![Change::Gone(name("a"))]);
     }
 
     #[tokio::test(start_paused = true)]

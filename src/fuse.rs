@@ -60,26 +60,49 @@ fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {
     }
 }
 
+fn lookup(fs: &SecretFs, parent: u64, name: &OsStr, reply: ReplyEntry) {
+    match fs.lookup(parent, name) {
+        Ok(e) => reply.entry_with_ttls(&e.attr_ttl, &e.entry_ttl, &e.attr, Generation(0)),
+        Err(err) => match fs.negative_ttl(&err) {
+            // Inode 0 with a TTL is a negative entry the kernel caches; a plain ENOENT would
+            // bring every retry of the name back here.
+            Some(ttl) if parent == crate::fs::ROOT => {
+                errno("lookup", parent, &err);
+                match fs.getattr(crate::fs::ROOT) {
+                    Ok((mut attr, _)) => {
+                        attr.ino = INodeNo(0);
+                        reply.entry_with_ttls(&ttl, &ttl, &attr, Generation(0));
+                    }
+                    Err(e) => reply.error(errno("lookup", parent, &e)),
+                }
+            }
+            _ => reply.error(errno("lookup", parent, &err)),
+        },
+    }
+}
+
+fn readdir(fs: &SecretFs, ino: u64, offset: u64, mut reply: ReplyDirectory) {
+    match fs.readdir(ino, offset) {
+        Ok(entries) => {
+            for e in entries {
+                if reply.add(INodeNo(e.ino), e.next_offset, e.kind, &e.name) {
+                    break;
+                }
+            }
+            reply.ok();
+        }
+        Err(err) => reply.error(errno("readdir", ino, &err)),
+    }
+}
+
 impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name) {
-            Ok(e) => reply.entry_with_ttls(&e.attr_ttl, &e.entry_ttl, &e.attr, Generation(0)),
-            Err(err) => match self.fs.negative_ttl(&err) {
-                // Inode 0 with a TTL is a negative entry the kernel caches; a plain ENOENT
-                // would bring every retry of the name back here.
-                Some(ttl) if parent.0 == crate::fs::ROOT => {
-                    errno("lookup", parent.0, &err);
-                    match self.fs.getattr(crate::fs::ROOT) {
-                        Ok((mut attr, _)) => {
-                            attr.ino = INodeNo(0);
-                            reply.entry_with_ttls(&ttl, &ttl, &attr, Generation(0));
-                        }
-                        Err(e) => reply.error(errno("lookup", parent.0, &e)),
-                    }
-                }
-                _ => reply.error(errno("lookup", parent.0, &err)),
-            },
-        }
+        let (fs, name) = (self.fs.clone(), name.to_owned());
+        // A lookup may wait on Key Vault: it runs off the FUSE threads, so a slow or throttled
+        // secret never holds up answers about others.
+        self.fs
+            .runtime()
+            .spawn_blocking(move || lookup(&fs, parent.0, &name, reply));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -128,19 +151,13 @@ impl Filesystem for FuseAdapter {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(ino.0, offset) {
-            Ok(entries) => {
-                for e in entries {
-                    if reply.add(INodeNo(e.ino), e.next_offset, e.kind, &e.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
-            Err(err) => reply.error(errno("readdir", ino.0, &err)),
-        }
+        let fs = self.fs.clone();
+        // A listing may wait on Key Vault, as a lookup may.
+        self.fs
+            .runtime()
+            .spawn_blocking(move || readdir(&fs, ino.0, offset, reply));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

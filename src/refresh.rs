@@ -42,6 +42,7 @@ pub async fn run(fs: Arc<SecretFs>, period: Duration) {
             }
             Err(err) => {
                 tracing::warn!(error = %err, retry_in = ?backoff, "refresh failed; cached values are served stale meanwhile");
+                fs.apply(&fs.cache().outage(&in_use));
                 delay = backoff.min(period);
                 backoff = (backoff * 2).min(period);
             }
