@@ -139,6 +139,14 @@ impl SecretCache {
         self.len() == 0
     }
 
+    /// The cached latest version of `name`, without a request and whatever its age.
+    pub fn peek(&self, name: &SecretName) -> Option<Arc<Secret>> {
+        match self.inner.lock().entries.peek(&Key::Latest(name.key()))? {
+            Entry::Found(f) => Some(f.secret.clone()),
+            Entry::Missing { .. } => None,
+        }
+    }
+
     /// When the copy of `name` being served went stale, if it is stale.
     pub fn stale_since(&self, name: &SecretName) -> Option<SystemTime> {
         match self.inner.lock().entries.peek(&Key::Latest(name.key()))? {

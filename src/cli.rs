@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use url::Url;
 
 use crate::auth::AuthMode;
+use crate::fs::Rotation;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -130,6 +131,12 @@ pub struct MountOptions {
     /// they were last confirmed. 404 and 403 answers are never masked.
     #[arg(long, value_name = "DURATION", default_value = "24h", env = "KVFS_MAX_STALE", value_parser = parse_duration, help_heading = "Cache")]
     pub max_stale: Duration,
+
+    /// How a new version reaches files: new-inode (fastest; a file bind-mounted on its own, as a
+    /// Kubernetes subPath, keeps its version) or in-place (bind-mounted files follow rotations;
+    /// each open costs a few kernel round trips).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = Rotation::NewInode, env = "KVFS_ROTATION", help_heading = "Cache")]
+    pub rotation: Rotation,
 
     /// Owner of every file (default: the user running kvfs).
     #[arg(

@@ -37,8 +37,22 @@ const XATTR_PREFIX: &str = "user.kvfs.";
 /// How long the kernel may remember that a name Key Vault cannot hold does not exist.
 const INVALID_NAME_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// How a new version reaches files the kernel already holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Rotation {
+    /// Each version is its own inode: never torn, an open file keeps its version, reads are
+    /// served from the kernel's page cache without a message. A file bind-mounted on its own
+    /// (a Kubernetes subPath) stays on the version it was mounted with.
+    NewInode,
+    /// One inode per name; each open reads the version current at open time, straight from
+    /// kvfs (direct I/O, no page cache). Never torn, and bind-mounted files follow rotations,
+    /// at the cost of a few kernel round trips per open.
+    InPlace,
+}
+
 #[derive(Clone, Debug)]
 pub struct FsConfig {
+    pub rotation: Rotation,
     pub uid: u32,
     pub gid: u32,
     pub file_mode: u16,
@@ -171,6 +185,9 @@ impl Inodes {
 
 pub struct SecretFs {
     cache: SecretCache,
+    /// In-place rotation: the version each open file handle reads.
+    handles: Mutex<HashMap<u64, Arc<Secret>>>,
+    next_handle: std::sync::atomic::AtomicU64,
     runtime: Handle,
     config: FsConfig,
     inodes: Mutex<Inodes>,
@@ -182,6 +199,8 @@ impl SecretFs {
     pub fn new(cache: SecretCache, runtime: Handle, config: FsConfig) -> Self {
         Self {
             cache,
+            handles: Mutex::new(HashMap::new()),
+            next_handle: std::sync::atomic::AtomicU64::new(1),
             runtime,
             config,
             inodes: Mutex::new(Inodes {
@@ -239,7 +258,7 @@ impl SecretFs {
                 let name = parse_name(name)?;
                 let secret = self.wait(self.cache.get(&name))?;
                 self.remember_spelling(&name);
-                self.remember(secret)
+                self.remember(secret, self.config.rotation == Rotation::InPlace)
             }
             VERSIONS => {
                 let name = parse_name(name)?;
@@ -261,7 +280,7 @@ impl SecretFs {
                     .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
                     .ok_or(FsError::InvalidName)?;
                 let secret = self.wait(self.cache.get_version(&of, version))?;
-                self.remember(secret)
+                self.remember(secret, false)
             }
         };
         Ok(Entry {
@@ -280,8 +299,13 @@ impl SecretFs {
     }
 
     /// Gives the inode for this exact version (new or existing) one more kernel reference.
-    fn remember(&self, secret: Arc<Secret>) -> FileAttr {
-        let key = version_key(&secret);
+    /// With `per_name`, the inode is the name's one inode, now holding this version.
+    fn remember(&self, secret: Arc<Secret>, per_name: bool) -> FileAttr {
+        let key = if per_name {
+            (secret.properties.name.key(), String::new())
+        } else {
+            version_key(&secret)
+        };
         let mut inodes = self.inodes();
         let ino = match inodes.by_version.get(&key) {
             Some(&ino) => ino,
@@ -291,14 +315,20 @@ impl SecretFs {
                 ino
             }
         };
-        let node = inodes
-            .nodes
-            .entry(ino)
-            .or_insert(Node::File { secret, lookups: 0 });
+        let node = inodes.nodes.entry(ino).or_insert(Node::File {
+            secret: secret.clone(),
+            lookups: 0,
+        });
         match node {
-            Node::File { secret, lookups } => {
+            Node::File {
+                secret: held,
+                lookups,
+            } => {
+                if per_name {
+                    *held = secret;
+                }
                 *lookups += 1;
-                self.file_attr(ino, secret)
+                self.file_attr(ino, held)
             }
             // Unreachable by construction (file and directory inodes come from separate maps);
             // answering with the directory is still a valid reply.
@@ -342,7 +372,12 @@ impl SecretFs {
         }
         match inodes.nodes.remove(&ino) {
             Some(Node::File { secret, .. }) => {
-                inodes.by_version.remove(&version_key(&secret));
+                let per_name = (secret.properties.name.key(), String::new());
+                if inodes.by_version.get(&per_name) == Some(&ino) {
+                    inodes.by_version.remove(&per_name);
+                } else {
+                    inodes.by_version.remove(&version_key(&secret));
+                }
             }
             Some(Node::VersionsOf { name, .. }) => {
                 inodes.versions_of.remove(&name.key());
@@ -378,6 +413,11 @@ impl SecretFs {
         };
         for change in changes {
             let (Change::Updated(name) | Change::Gone(name) | Change::Appeared(name)) = change;
+            if let (Change::Updated(_), Rotation::InPlace) = (change, self.config.rotation)
+                && let Some(current) = self.cache.peek(name)
+            {
+                self.swap_in_place(current);
+            }
             let mut spellings = self
                 .inodes()
                 .spellings
@@ -389,6 +429,19 @@ impl SecretFs {
                 invalidator.entry(ROOT, &spelling);
             }
             tracing::debug!(?change, "kernel entry invalidated");
+        }
+    }
+
+    /// In-place rotation: the name's inode now holds `current`; files opened before keep
+    /// reading their handle's version.
+    fn swap_in_place(&self, current: Arc<Secret>) {
+        let mut inodes = self.inodes();
+        let key = (current.properties.name.key(), String::new());
+        let Some(&ino) = inodes.by_version.get(&key) else {
+            return;
+        };
+        if let Some(Node::File { secret, .. }) = inodes.nodes.get_mut(&ino) {
+            *secret = current;
         }
     }
 
@@ -413,14 +466,46 @@ impl SecretFs {
         }
     }
 
-    /// Checks that `ino` is a readable file. Reads are served from the inode's own version.
-    pub fn open(&self, ino: u64) -> FsResult<()> {
-        self.secret(ino).map(|_| ())
+    /// Opens `ino`. With new-inode rotation there is nothing to remember (`None`: the kernel
+    /// need not send opens at all); with in-place rotation the handle pins the version
+    /// current now, so the file never changes under its reader.
+    pub fn open(&self, ino: u64) -> FsResult<Option<u64>> {
+        let secret = self.secret(ino)?;
+        match self.config.rotation {
+            Rotation::NewInode => Ok(None),
+            Rotation::InPlace => {
+                let handle = self
+                    .next_handle
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.handles
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(handle, secret);
+                Ok(Some(handle))
+            }
+        }
     }
 
-    /// Reads `size` bytes at `offset`, clamped to the value: past the end is an empty read.
-    pub fn read(&self, ino: u64, offset: u64, size: u32) -> FsResult<ReadData> {
-        let secret = self.secret(ino)?;
+    pub fn release(&self, handle: u64) {
+        self.handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&handle);
+    }
+
+    /// Reads `size` bytes at `offset` of the version `handle` pinned (or the inode's own),
+    /// clamped to the value: past the end is an empty read.
+    pub fn read(&self, ino: u64, handle: u64, offset: u64, size: u32) -> FsResult<ReadData> {
+        let pinned = self
+            .handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&handle)
+            .cloned();
+        let secret = match pinned {
+            Some(secret) => secret,
+            None => self.secret(ino)?,
+        };
         let len = secret.value.len();
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
         let end = start.saturating_add(size as usize).min(len);
@@ -644,6 +729,10 @@ mod tests {
 
     /// A filesystem over an in-memory store behind a cache with `ttl` (zero: every lookup asks).
     fn fixture_with_ttl(ttl: Duration) -> Fixture {
+        fixture_with(ttl, Rotation::NewInode)
+    }
+
+    fn fixture_with(ttl: Duration, rotation: Rotation) -> Fixture {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -668,6 +757,7 @@ mod tests {
             cache,
             rt.handle().clone(),
             FsConfig {
+                rotation,
                 uid: 1,
                 gid: 2,
                 file_mode: 0o400,
@@ -768,12 +858,15 @@ mod tests {
     fn reads_are_clamped() {
         let f = fixture();
         let ino = f.fs.lookup(ROOT, &os("db-password")).unwrap().attr.ino.0;
-        assert_eq!(f.fs.read(ino, 0, 4096).unwrap().as_bytes(), b"hunter2");
-        assert_eq!(f.fs.read(ino, 2, 3).unwrap().as_bytes(), b"nte");
-        assert_eq!(f.fs.read(ino, 7, 10).unwrap().as_bytes(), b"");
-        assert_eq!(f.fs.read(ino, u64::MAX, u32::MAX).unwrap().as_bytes(), b"");
-        assert_eq!(f.fs.read(ROOT, 0, 1).unwrap_err().errno(), libc::EISDIR);
-        assert_eq!(f.fs.read(12345, 0, 1).unwrap_err().errno(), libc::ENOENT);
+        assert_eq!(f.fs.read(ino, 0, 0, 4096).unwrap().as_bytes(), b"hunter2");
+        assert_eq!(f.fs.read(ino, 0, 2, 3).unwrap().as_bytes(), b"nte");
+        assert_eq!(f.fs.read(ino, 0, 7, 10).unwrap().as_bytes(), b"");
+        assert_eq!(
+            f.fs.read(ino, 0, u64::MAX, u32::MAX).unwrap().as_bytes(),
+            b""
+        );
+        assert_eq!(f.fs.read(ROOT, 0, 0, 1).unwrap_err().errno(), libc::EISDIR);
+        assert_eq!(f.fs.read(12345, 0, 0, 1).unwrap_err().errno(), libc::ENOENT);
     }
 
     #[test]
@@ -784,13 +877,13 @@ mod tests {
         f.store.put("api-key", "rotated");
         let new = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
         assert_ne!(old, new);
-        assert_eq!(f.fs.read(old, 0, 100).unwrap().as_bytes(), b"k");
-        assert_eq!(f.fs.read(new, 0, 100).unwrap().as_bytes(), b"rotated");
+        assert_eq!(f.fs.read(old, 0, 0, 100).unwrap().as_bytes(), b"k");
+        assert_eq!(f.fs.read(new, 0, 0, 100).unwrap().as_bytes(), b"rotated");
         f.fs.forget(old, 1);
-        assert!(f.fs.read(old, 0, 1).is_ok(), "one reference is left");
+        assert!(f.fs.read(old, 0, 0, 1).is_ok(), "one reference is left");
         f.fs.forget(old, 1);
-        assert_eq!(f.fs.read(old, 0, 1).unwrap_err().errno(), libc::ENOENT);
-        assert!(f.fs.read(new, 0, 1).is_ok());
+        assert_eq!(f.fs.read(old, 0, 0, 1).unwrap_err().errno(), libc::ENOENT);
+        assert!(f.fs.read(new, 0, 0, 1).is_ok());
     }
 
     #[test]
@@ -822,7 +915,7 @@ mod tests {
         assert_eq!(listed.len(), 2);
         assert!(listed.contains(&old_version));
         let file = f.fs.lookup(dir.ino.0, &os(&old_version)).unwrap().attr;
-        assert_eq!(f.fs.read(file.ino.0, 0, 100).unwrap().as_bytes(), b"k");
+        assert_eq!(f.fs.read(file.ino.0, 0, 0, 100).unwrap().as_bytes(), b"k");
         assert_eq!(
             f.fs.lookup(dir.ino.0, &os("nothex")).unwrap_err().errno(),
             libc::ENOENT
@@ -852,6 +945,32 @@ mod tests {
         assert_eq!(
             f.fs.getxattr(ino, &os("user.other")).unwrap_err().errno(),
             libc::ENODATA
+        );
+    }
+
+    #[test]
+    fn in_place_rotation_keeps_one_inode_and_pins_open_handles() {
+        let f = fixture_with(Duration::from_secs(300), Rotation::InPlace);
+        let ino = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
+        let before = f.fs.open(ino).unwrap().expect("a handle");
+        f.store.put("api-key", "rotated");
+        f._rt.block_on(async {
+            let held = f.fs.in_use();
+            let changes = f.fs.cache().refresh(&held).await.unwrap();
+            f.fs.apply(&changes);
+        });
+        let after = f.fs.open(ino).unwrap().expect("a handle");
+        assert_eq!(f.fs.read(ino, before, 0, 100).unwrap().as_bytes(), b"k");
+        assert_eq!(
+            f.fs.read(ino, after, 0, 100).unwrap().as_bytes(),
+            b"rotated"
+        );
+        assert_eq!(f.fs.getattr(ino).unwrap().0.size, 7);
+        assert_eq!(f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0, ino);
+        f.fs.release(before);
+        assert_eq!(
+            f.fs.read(ino, before, 0, 100).unwrap().as_bytes(),
+            b"rotated"
         );
     }
 

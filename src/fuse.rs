@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileHandle, Filesystem, Generation, INodeNo, LockOwner, Notifier, OpenFlags,
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, Notifier, OpenFlags,
     RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
     ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
@@ -116,25 +116,45 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // Zero-message open: ENOSYS makes the kernel stop sending OPEN and RELEASE for the
-        // mount's life and keep each inode's pages across opens. That is correct here because
-        // an inode is one version and its content never changes.
-        reply.error(Errno::ENOSYS);
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(ino.0) {
+            // Zero-message open: ENOSYS makes the kernel stop sending OPEN and RELEASE for the
+            // mount's life and keep each inode's pages across opens. Correct only because an
+            // inode is one version whose content never changes (new-inode rotation).
+            Ok(None) => reply.error(Errno::ENOSYS),
+            // In-place rotation: the handle pins a version; direct I/O keeps the page cache
+            // (shared by all handles of the inode) out of the way.
+            Ok(Some(handle)) => reply.opened(FileHandle(handle), FopenFlags::FOPEN_DIRECT_IO),
+            Err(err) => reply.error(errno("open", ino.0, &err)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
     }
 
     fn read(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(ino.0, offset, size) {
+        match self.fs.read(ino.0, fh.0, offset, size) {
             Ok(data) => reply.data(data.as_bytes()),
             Err(err) => reply.error(errno("read", ino.0, &err)),
         }

@@ -16,7 +16,7 @@ use crate::cache::{CacheConfig, SecretCache};
 use crate::cli::{DemoArgs, EmulatorArgs, IdentityArgs, MountArgs, MountOptions};
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::error::{Forbidden, StoreError};
-use crate::fs::{FsConfig, SecretFs};
+use crate::fs::{FsConfig, Rotation, SecretFs};
 use crate::fuse::{FuseAdapter, KernelInvalidator};
 use crate::refresh;
 use crate::store::keyvault::{KeyVaultConfig, KeyVaultStore, classify};
@@ -216,8 +216,13 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             gid: o.gid.unwrap_or_else(|| unsafe { libc::getegid() }),
             file_mode: o.file_mode,
             dir_mode: o.dir_mode,
+            rotation: o.rotation,
             entry_ttl: KERNEL_TTL,
-            attr_ttl: KERNEL_TTL,
+            // In place, an inode's size changes with the version: the kernel must ask.
+            attr_ttl: match o.rotation {
+                Rotation::NewInode => KERNEL_TTL,
+                Rotation::InPlace => Duration::ZERO,
+            },
             negative_ttl: o.negative_ttl,
             request_timeout: o.request_timeout,
         },

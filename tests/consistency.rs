@@ -61,6 +61,15 @@ fn rotation_reaches_readers_for_every_size_change() {
 
 #[test]
 fn no_torn_reads_across_many_rotations() {
+    hammer(&[]);
+}
+
+#[test]
+fn no_torn_reads_across_many_rotations_in_place() {
+    hammer(&["--rotation", "in-place"]);
+}
+
+fn hammer(flags: &[&str]) {
     let env = TestEnv::start();
     // Version i is one letter repeated to a length that depends on i: a mix is detectable.
     let value = |i: usize| {
@@ -68,7 +77,9 @@ fn no_torn_reads_across_many_rotations() {
         letter.to_string().repeat(1000 + (i * 7919) % 24000)
     };
     env.vault().set_secret("hammer", &value(0));
-    let m = env.mount(&["--cache-ttl", "200ms"]);
+    let mut args = vec!["--cache-ttl", "200ms"];
+    args.extend_from_slice(flags);
+    let m = env.mount(&args);
     let stop = Arc::new(AtomicBool::new(false));
     let (reads, torn) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let readers: Vec<_> = (0..4)
@@ -113,7 +124,7 @@ fn no_torn_reads_across_many_rotations() {
         r.join().unwrap();
     }
     let (reads, torn) = (reads.load(Ordering::Relaxed), torn.load(Ordering::Relaxed));
-    eprintln!("{rotations} rotations, {reads} reads, {torn} torn");
+    eprintln!("{flags:?}: {rotations} rotations, {reads} reads, {torn} torn");
     assert_eq!(torn, 0, "torn reads out of {reads}");
     assert!(reads > 100, "only {reads} reads");
     let seen = env
@@ -123,6 +134,79 @@ fn no_torn_reads_across_many_rotations() {
         .copied()
         .unwrap_or(0);
     assert!(seen >= 5, "rotations were fetched ({seen} GETs)");
+}
+
+/// A file bind-mounted on its own, as Kubernetes does for a subPath volume mount.
+struct BindMount(std::path::PathBuf);
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn bind(source: &std::path::Path, target: &std::path::Path) -> BindMount {
+    std::fs::write(target, b"").unwrap();
+    let ok = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(source)
+        .arg(target)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "bind mount of {}", source.display());
+    BindMount(target.to_owned())
+}
+
+#[test]
+fn subpath_bind_mount_follows_rotation_in_place() {
+    let env = TestEnv::start();
+    env.vault().set_secret("sub", "first");
+    let m = env.mount(&["--cache-ttl", "1s", "--rotation", "in-place"]);
+    let target = env.dir.path().join("subpath-file");
+    let _bind = bind(&m.file("sub"), &target);
+    assert_eq!(std::fs::read(&target).unwrap(), b"first");
+    let mut held = std::fs::File::open(&target).unwrap();
+    let mut first = [0u8; 2];
+    held.read_exact(&mut first).unwrap();
+    for value in ["FIRST", "a longer second value", "3"] {
+        env.vault().set_secret("sub", value);
+        assert!(
+            eventually(Duration::from_secs(5), || std::fs::read(&target)
+                .is_ok_and(|v| v == value.as_bytes())),
+            "the bind-mounted file reads {value:?}"
+        );
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().len(),
+            value.len() as u64
+        );
+        assert_eq!(m.read("sub").unwrap(), value.as_bytes());
+    }
+    let mut rest = Vec::new();
+    held.read_to_end(&mut rest).unwrap();
+    assert_eq!(
+        [&first[..], &rest].concat(),
+        b"first",
+        "an open file keeps its version"
+    );
+}
+
+#[test]
+fn subpath_bind_mount_keeps_its_version_with_new_inode_rotation() {
+    // The documented trade-off of the default: what a subPath mount pinned stays pinned.
+    let env = TestEnv::start();
+    env.vault().set_secret("sub", "first");
+    let m = env.mount(&["--cache-ttl", "1s"]);
+    let target = env.dir.path().join("subpath-file");
+    let _bind = bind(&m.file("sub"), &target);
+    env.vault().set_secret("sub", "second");
+    assert!(eventually(Duration::from_secs(5), || m
+        .read("sub")
+        .is_ok_and(|v| v == b"second")));
+    assert_eq!(std::fs::read(&target).unwrap(), b"first");
 }
 
 fn xattr(path: &std::path::Path, name: &str) -> Option<String> {
