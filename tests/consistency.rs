@@ -487,3 +487,45 @@ fn metadata_as_extended_attributes() {
         "the value is never an attribute: {text}"
     );
 }
+
+#[test]
+fn steady_state_refresh_costs_one_listing_per_interval() {
+    let env = TestEnv::start();
+    for i in 0..30 {
+        env.vault().set_secret(&format!("s{i:02}"), "v");
+    }
+    // Fetched more than a second after being written: no same-second confirmation needed.
+    std::thread::sleep(Duration::from_millis(2100));
+    let m = env.mount(&["--cache-ttl", "1s"]);
+    for i in 0..30 {
+        assert_eq!(m.read(&format!("s{i:02}")).unwrap(), b"v");
+    }
+    std::thread::sleep(Duration::from_millis(900));
+    env.vault().reset_counters();
+    // 8 readers keep reading every secret for 4 s (5 refresh intervals of 0.8 s).
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let (root, stop) = (m.path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for i in 0..30 {
+                        assert_eq!(std::fs::read(root.join(format!("s{i:02}"))).unwrap(), b"v");
+                        reads += 1;
+                    }
+                }
+                reads
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    let reads: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    let c = env.counters();
+    eprintln!("steady state: {reads} reads of 30 secrets in 4 s cost {c:?}");
+    assert_eq!(c.get_secret, 0, "nothing changed, nothing fetched: {c:?}");
+    // ceil(30 / 25) = 2 pages per interval, 4-6 intervals in 4 s.
+    assert!((8..=12).contains(&c.list_secrets), "{c:?}");
+    assert_eq!(c.total, c.list_secrets, "{c:?}");
+}
