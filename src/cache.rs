@@ -159,7 +159,7 @@ impl SecretCache {
     /// with one listing, fetching only secrets whose `updated` time moved, and refreshes the
     /// listing cache. Costs ceil(secrets / 25) list pages + one GET per changed secret.
     /// On failure nothing is dropped: expired entries are then served stale up to `max_stale`.
-    pub async fn refresh(&self, in_use: &[Arc<Secret>]) -> Result<Vec<Change>, StoreError> {
+    pub async fn refresh(&self, in_use: &[SecretProperties]) -> Result<Vec<Change>, StoreError> {
         let inner = &self.inner;
         let listing = inner.store.list().await.inspect_err(|e| inner.failed(e))?;
         let mut changes = Vec::new();
@@ -186,32 +186,31 @@ impl SecretCache {
             }
         }
         for held in in_use {
-            let name = &held.properties.name;
+            let name = &held.name;
             let key = Key::Latest(name.key());
-            let current = match inner.lock().entries.peek(&key) {
-                Some(Entry::Found(f)) => f.clone(),
-                _ => Found {
-                    secret: held.clone(),
-                    validated: Instant::now(),
-                    fetched_wall: SystemTime::UNIX_EPOCH,
-                    stale_since: None,
-                },
+            let cached = match inner.lock().entries.peek(&key) {
+                Some(Entry::Found(f)) => Some(f.clone()),
+                _ => None,
             };
+            // What kvfs serves: the cached copy, else the version the kernel holds.
+            let known = cached.as_ref().map_or(held, |f| &f.secret.properties);
+            let ambiguous = cached.as_ref().is_some_and(|f| {
+                f.secret.properties.updated.is_none_or(|u| {
+                    f.fetched_wall.duration_since(u).unwrap_or_default() < SAME_SECOND_WINDOW
+                })
+            });
             match listed.get(&name.key()) {
                 Some(item) if item.enabled => {
-                    let same_time = item.updated == current.secret.properties.updated;
-                    let ambiguous = current.secret.properties.updated.is_none_or(|u| {
-                        current.fetched_wall.duration_since(u).unwrap_or_default()
-                            < SAME_SECOND_WINDOW
-                    });
-                    if same_time && !ambiguous {
-                        inner.store_found(key, current.secret.clone(), current.fetched_wall);
+                    if item.updated == known.updated && !ambiguous {
+                        if let Some(f) = cached {
+                            inner.store_found(key, f.secret, f.fetched_wall);
+                        }
                         continue;
                     }
+                    let known_version = known.version.clone();
                     match inner.store.get(name).await {
                         Ok(secret) => {
-                            let changed =
-                                secret.properties.version != current.secret.properties.version;
+                            let changed = secret.properties.version != known_version;
                             inner.store_found(key, secret, SystemTime::now());
                             if changed {
                                 changes.push(Change::Updated(name.clone()));
@@ -242,13 +241,13 @@ impl SecretCache {
     /// After a failed refresh: secrets in use past their TTL are marked stale (the kernel still
     /// serves them from its caches), and those past `max_stale` are dropped and reported gone,
     /// so that the kernel asks again and the reader gets the error instead of an old value.
-    pub fn outage(&self, in_use: &[Arc<Secret>]) -> Vec<Change> {
+    pub fn outage(&self, in_use: &[SecretProperties]) -> Vec<Change> {
         let now = Instant::now();
         let config = self.inner.config;
         let mut state = self.inner.lock();
         let mut gone = Vec::new();
         for held in in_use {
-            let name = &held.properties.name;
+            let name = &held.name;
             let key = Key::Latest(name.key());
             let Some(Entry::Found(f)) = state.entries.peek_mut(&key) else {
                 continue;
@@ -724,8 +723,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn refresh_gets_only_what_changed() {
         let (store, cache) = setup();
-        let a = cache.get(&name("a")).await.unwrap();
-        let b = cache.get(&name("b")).await.unwrap();
+        let a = cache.get(&name("a")).await.unwrap().properties.clone();
+        let b = cache.get(&name("b")).await.unwrap().properties.clone();
         // Fetched within a second of being written: a listing cannot tell a second change in
         // that second apart, so the first refresh confirms each with a GET; later ones do not.
         std::thread::sleep(SAME_SECOND_WINDOW + Duration::from_millis(100));
@@ -752,8 +751,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn refresh_reports_gone_and_appeared() {
         let (store, cache) = setup();
-        let a = cache.get(&name("a")).await.unwrap();
-        let c = cache.get(&name("c")).await.unwrap();
+        let a = cache.get(&name("a")).await.unwrap().properties.clone();
+        let c = cache.get(&name("c")).await.unwrap().properties.clone();
         cache.refresh(&[a.clone(), c.clone()]).await.unwrap();
         store.remove("a");
         store.set_enabled("c", false);
@@ -780,7 +779,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn outage_marks_stale_then_drops_past_max_stale() {
         let (_store, cache) = setup();
-        let a = cache.get(&name("a")).await.unwrap();
+        let a = cache.get(&name("a")).await.unwrap().properties.clone();
         assert!(cache.outage(std::slice::from_ref(&a)).is_empty());
         assert!(cache.stale_since(&name("a")).is_none(), "still within ttl");
         tokio::time::advance(Duration::from_secs(301)).await;
@@ -793,7 +792,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failed_refresh_keeps_serving_stale() {
         let (store, cache) = setup();
-        let a = cache.get(&name("a")).await.unwrap();
+        let a = cache.get(&name("a")).await.unwrap().properties.clone();
         store.fail_with(Some(StoreError::Throttled { retry_after: None }));
         assert!(cache.refresh(&[a]).await.is_err());
         tokio::time::advance(Duration::from_secs(301)).await;

@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::future::Future;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use fuser::{FileAttr, FileType, INodeNo};
@@ -21,7 +21,7 @@ use tokio::runtime::Handle;
 
 use crate::cache::{Change, SecretCache};
 use crate::error::StoreError;
-use crate::secret::{Secret, SecretName};
+use crate::secret::{Secret, SecretName, SecretProperties};
 use crate::store::SecretStore;
 
 pub const ROOT: u64 = INodeNo::ROOT.0;
@@ -155,9 +155,28 @@ pub trait Invalidate: Send + Sync {
     fn entry(&self, parent: u64, name: &str);
 }
 
+/// One version as an inode holds it: its metadata always, its value only while the cache (or
+/// a reader) holds it, so that `--cache-capacity` bounds the values in memory however many
+/// inodes the kernel keeps. A value evicted meanwhile is fetched again by its exact version.
+struct Held {
+    properties: SecretProperties,
+    size: u64,
+    value: Weak<Secret>,
+}
+
+impl Held {
+    fn new(secret: &Arc<Secret>) -> Self {
+        Self {
+            properties: secret.properties.clone(),
+            size: secret.value.len() as u64,
+            value: Arc::downgrade(secret),
+        }
+    }
+}
+
 enum Node {
     /// One version of a secret, readable until the kernel forgets it.
-    File { secret: Arc<Secret>, lookups: u64 },
+    File { held: Held, lookups: u64 },
     /// `.versions/<name>`.
     VersionsOf { name: SecretName, lookups: u64 },
 }
@@ -304,7 +323,7 @@ impl SecretFs {
         let key = if per_name {
             (secret.properties.name.key(), String::new())
         } else {
-            version_key(&secret)
+            version_key(&secret.properties)
         };
         let mut inodes = self.inodes();
         let ino = match inodes.by_version.get(&key) {
@@ -316,16 +335,13 @@ impl SecretFs {
             }
         };
         let node = inodes.nodes.entry(ino).or_insert(Node::File {
-            secret: secret.clone(),
+            held: Held::new(&secret),
             lookups: 0,
         });
         match node {
-            Node::File {
-                secret: held,
-                lookups,
-            } => {
+            Node::File { held, lookups } => {
                 if per_name {
-                    *held = secret;
+                    *held = Held::new(&secret);
                 }
                 *lookups += 1;
                 self.file_attr(ino, held)
@@ -371,12 +387,12 @@ impl SecretFs {
             return;
         }
         match inodes.nodes.remove(&ino) {
-            Some(Node::File { secret, .. }) => {
-                let per_name = (secret.properties.name.key(), String::new());
+            Some(Node::File { held, .. }) => {
+                let per_name = (held.properties.name.key(), String::new());
                 if inodes.by_version.get(&per_name) == Some(&ino) {
                     inodes.by_version.remove(&per_name);
                 } else {
-                    inodes.by_version.remove(&version_key(&secret));
+                    inodes.by_version.remove(&version_key(&held.properties));
                 }
             }
             Some(Node::VersionsOf { name, .. }) => {
@@ -387,22 +403,21 @@ impl SecretFs {
     }
 
     /// The newest version of every secret the kernel still holds: what a refresh revalidates.
-    pub fn in_use(&self) -> Vec<Arc<Secret>> {
+    pub fn in_use(&self) -> Vec<SecretProperties> {
         let inodes = self.inodes();
-        let mut newest: HashMap<String, (u64, Arc<Secret>)> = HashMap::new();
+        let mut newest: HashMap<String, (u64, &SecretProperties)> = HashMap::new();
         for (&ino, node) in &inodes.nodes {
-            if let Node::File { secret, lookups } = node
+            if let Node::File { held, lookups } = node
                 && *lookups > 0
             {
-                let slot = newest
-                    .entry(secret.properties.name.key())
-                    .or_insert((ino, secret.clone()));
+                let p = &held.properties;
+                let slot = newest.entry(p.name.key()).or_insert((ino, p));
                 if ino > slot.0 {
-                    *slot = (ino, secret.clone());
+                    *slot = (ino, p);
                 }
             }
         }
-        newest.into_values().map(|(_, s)| s).collect()
+        newest.into_values().map(|(_, p)| p.clone()).collect()
     }
 
     /// Pushes what a refresh found to the kernel: each changed name is forgotten, so its next
@@ -440,8 +455,8 @@ impl SecretFs {
         let Some(&ino) = inodes.by_version.get(&key) else {
             return;
         };
-        if let Some(Node::File { secret, .. }) = inodes.nodes.get_mut(&ino) {
-            *secret = current;
+        if let Some(Node::File { held, .. }) = inodes.nodes.get_mut(&ino) {
+            *held = Held::new(&current);
         }
     }
 
@@ -449,7 +464,7 @@ impl SecretFs {
         let attr = match ino {
             ROOT | VERSIONS => self.dir_attr(ino),
             _ => match self.inodes().nodes.get(&ino) {
-                Some(Node::File { secret, .. }) => self.file_attr(ino, secret),
+                Some(Node::File { held, .. }) => self.file_attr(ino, held),
                 Some(Node::VersionsOf { .. }) => self.dir_attr(ino),
                 None => return Err(FsError::NotFound),
             },
@@ -457,23 +472,48 @@ impl SecretFs {
         Ok((attr, self.config.attr_ttl))
     }
 
-    fn secret(&self, ino: u64) -> FsResult<Arc<Secret>> {
+    fn properties(&self, ino: u64) -> FsResult<SecretProperties> {
         match self.inodes().nodes.get(&ino) {
-            Some(Node::File { secret, .. }) => Ok(secret.clone()),
+            Some(Node::File { held, .. }) => Ok(held.properties.clone()),
             Some(Node::VersionsOf { .. }) => Err(FsError::IsDir),
             None if ino == ROOT || ino == VERSIONS => Err(FsError::IsDir),
             None => Err(FsError::NotFound),
         }
     }
 
+    /// The value of `ino`'s version: from memory while the cache holds it, else fetched again
+    /// by its exact version (so it is the same bytes, never a newer version).
+    fn secret(&self, ino: u64) -> FsResult<Arc<Secret>> {
+        let properties = match self.inodes().nodes.get(&ino) {
+            Some(Node::File { held, .. }) => match held.value.upgrade() {
+                Some(secret) => return Ok(secret),
+                None => held.properties.clone(),
+            },
+            Some(Node::VersionsOf { .. }) => return Err(FsError::IsDir),
+            None if ino == ROOT || ino == VERSIONS => return Err(FsError::IsDir),
+            None => return Err(FsError::NotFound),
+        };
+        let name = &properties.name;
+        let secret = match &properties.version {
+            Some(version) => self.wait(self.cache.get_version(name, version))?,
+            None => self.wait(self.cache.get(name))?,
+        };
+        if let Some(Node::File { held, .. }) = self.inodes().nodes.get_mut(&ino)
+            && held.properties.version == secret.properties.version
+        {
+            held.value = Arc::downgrade(&secret);
+        }
+        Ok(secret)
+    }
+
     /// Opens `ino`. With new-inode rotation there is nothing to remember (`None`: the kernel
     /// need not send opens at all); with in-place rotation the handle pins the version
     /// current now, so the file never changes under its reader.
     pub fn open(&self, ino: u64) -> FsResult<Option<u64>> {
-        let secret = self.secret(ino)?;
         match self.config.rotation {
-            Rotation::NewInode => Ok(None),
+            Rotation::NewInode => self.properties(ino).map(|_| None),
             Rotation::InPlace => {
+                let secret = self.secret(ino)?;
                 let handle = self
                     .next_handle
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -569,13 +609,13 @@ impl SecretFs {
 
     /// Names of the metadata attributes of `ino`, NUL-terminated, as `listxattr` returns them.
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
-        let secret = match self.secret(ino) {
-            Ok(secret) => secret,
+        let properties = match self.properties(ino) {
+            Ok(p) => p,
             Err(FsError::IsDir) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
         let mut out = Vec::new();
-        for (name, _) in self.xattrs(&secret) {
+        for (name, _) in self.xattrs(&properties) {
             out.extend_from_slice(name.as_bytes());
             out.push(0);
         }
@@ -583,13 +623,13 @@ impl SecretFs {
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
-        let secret = match self.secret(ino) {
-            Ok(secret) => secret,
+        let properties = match self.properties(ino) {
+            Ok(p) => p,
             Err(FsError::IsDir) => return Err(FsError::NoAttribute),
             Err(e) => return Err(e),
         };
         let wanted = name.to_str().ok_or(FsError::NoAttribute)?;
-        self.xattrs(&secret)
+        self.xattrs(&properties)
             .into_iter()
             .find(|(n, _)| n == wanted)
             .map(|(_, v)| v.into_bytes())
@@ -597,8 +637,7 @@ impl SecretFs {
     }
 
     /// The metadata attributes of one version, in a fixed order. Never the value.
-    fn xattrs(&self, secret: &Secret) -> Vec<(String, String)> {
-        let p = &secret.properties;
+    fn xattrs(&self, p: &SecretProperties) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let mut add =
             |name: &str, value: String| out.push((format!("{XATTR_PREFIX}{name}"), value));
@@ -628,10 +667,10 @@ impl SecretFs {
         out
     }
 
-    fn file_attr(&self, ino: u64, secret: &Secret) -> FileAttr {
-        let p = &secret.properties;
+    fn file_attr(&self, ino: u64, held: &Held) -> FileAttr {
+        let p = &held.properties;
         let updated = p.updated.unwrap_or(self.mounted_at);
-        let size = secret.value.len() as u64;
+        let size = held.size;
         FileAttr {
             ino: INodeNo(ino),
             size,
@@ -679,11 +718,8 @@ fn parse_name(name: &OsStr) -> FsResult<SecretName> {
         .ok_or(FsError::InvalidName)
 }
 
-fn version_key(secret: &Secret) -> (String, String) {
-    (
-        secret.properties.name.key(),
-        secret.properties.version.clone().unwrap_or_default(),
-    )
+fn version_key(p: &SecretProperties) -> (String, String) {
+    (p.name.key(), p.version.clone().unwrap_or_default())
 }
 
 fn listing_ino_str(s: &str) -> u64 {
@@ -729,10 +765,10 @@ mod tests {
 
     /// A filesystem over an in-memory store behind a cache with `ttl` (zero: every lookup asks).
     fn fixture_with_ttl(ttl: Duration) -> Fixture {
-        fixture_with(ttl, Rotation::NewInode)
+        fixture_with(ttl, Rotation::NewInode, 100)
     }
 
-    fn fixture_with(ttl: Duration, rotation: Rotation) -> Fixture {
+    fn fixture_with(ttl: Duration, rotation: Rotation, capacity: usize) -> Fixture {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -746,7 +782,7 @@ mod tests {
         let cache = SecretCache::new(
             store.clone(),
             CacheConfig {
-                capacity: NonZeroUsize::new(100).unwrap(),
+                capacity: NonZeroUsize::new(capacity).unwrap(),
                 ttl,
                 negative_ttl: Duration::ZERO,
                 list_ttl: Duration::ZERO,
@@ -904,7 +940,7 @@ mod tests {
         let f = fixture();
         let old_version = {
             let e = f.fs.lookup(ROOT, &os("api-key")).unwrap();
-            f.fs.xattrs(&f.fs.secret(e.attr.ino.0).unwrap())[0]
+            f.fs.xattrs(&f.fs.properties(e.attr.ino.0).unwrap())[0]
                 .1
                 .clone()
         };
@@ -950,7 +986,7 @@ mod tests {
 
     #[test]
     fn in_place_rotation_keeps_one_inode_and_pins_open_handles() {
-        let f = fixture_with(Duration::from_secs(300), Rotation::InPlace);
+        let f = fixture_with(Duration::from_secs(300), Rotation::InPlace, 100);
         let ino = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
         let before = f.fs.open(ino).unwrap().expect("a handle");
         f.store.put("api-key", "rotated");
@@ -972,6 +1008,23 @@ mod tests {
             f.fs.read(ino, before, 0, 100).unwrap().as_bytes(),
             b"rotated"
         );
+    }
+
+    #[test]
+    fn capacity_bounds_values_held_by_inodes() {
+        let f = fixture_with(Duration::from_secs(300), Rotation::NewInode, 1);
+        let a = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
+        let b = f.fs.lookup(ROOT, &os("db-password")).unwrap().attr.ino.0;
+        assert_eq!(f.store.gets(), 2);
+        // db-password evicted api-key's value; the inode fetches its exact version again.
+        assert_eq!(f.fs.read(a, 0, 0, 100).unwrap().as_bytes(), b"k");
+        assert_eq!(f.store.gets(), 3);
+        assert_eq!(
+            f.fs.getattr(b).unwrap().0.size,
+            7,
+            "metadata needs no value"
+        );
+        assert_eq!(f.store.gets(), 3);
     }
 
     #[test]

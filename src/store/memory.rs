@@ -129,7 +129,8 @@ impl SecretStore for MemoryStore {
                 crate::error::Forbidden::SecretDisabled,
             ));
         }
-        Ok(secret)
+        // A fresh copy per answer, as from Key Vault: nothing here keeps a caller's copy alive.
+        Ok(Arc::new(Secret::clone(&secret)))
     }
 
     async fn list_versions(&self, name: &SecretName) -> Result<Listing, StoreError> {
@@ -156,7 +157,7 @@ impl SecretStore for MemoryStore {
         self.answer().await?;
         lock(&self.history)
             .get(&(name.key(), version.to_owned()))
-            .cloned()
+            .map(|s| Arc::new(Secret::clone(s)))
             .ok_or(StoreError::NotFound)
     }
 }
