@@ -1,0 +1,298 @@
+//! Unit tests of `cache`: plain Results over an in-memory store, no mount.
+use super::*;
+use crate::store::MemoryStore;
+
+fn config() -> CacheConfig {
+    CacheConfig {
+        capacity: NonZeroUsize::new(2).unwrap(),
+        ttl: Duration::from_secs(300),
+        negative_ttl: Duration::from_secs(30),
+        list_ttl: Duration::from_secs(60),
+        max_stale: Duration::from_secs(3600),
+    }
+}
+
+fn name(s: &str) -> SecretName {
+    SecretName::parse(s).unwrap()
+}
+
+fn setup() -> (Arc<MemoryStore>, SecretCache) {
+    let store = Arc::new(MemoryStore::new());
+    store.put("a", "one");
+    store.put("b", "two");
+    store.put("c", "three");
+    let cache = SecretCache::new(store.clone(), config());
+    (store, cache)
+}
+
+#[tokio::test(start_paused = true)]
+async fn hit_within_ttl_refetch_after() {
+    let (store, cache) = setup();
+    assert_eq!(
+        cache.get(&name("a")).await.unwrap().value.as_bytes(),
+        b"one"
+    );
+    assert_eq!(
+        cache.get(&name("A")).await.unwrap().value.as_bytes(),
+        b"one"
+    );
+    assert_eq!(store.gets(), 1);
+    store.put("a", "uno");
+    tokio::time::advance(Duration::from_secs(299)).await;
+    assert_eq!(
+        cache.get(&name("a")).await.unwrap().value.as_bytes(),
+        b"one"
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(
+        cache.get(&name("a")).await.unwrap().value.as_bytes(),
+        b"uno"
+    );
+    assert_eq!(store.gets(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn negative_entries_expire() {
+    let (store, cache) = setup();
+    assert_eq!(
+        cache.get(&name("zz")).await.unwrap_err(),
+        StoreError::NotFound
+    );
+    assert_eq!(
+        cache.get(&name("zz")).await.unwrap_err(),
+        StoreError::NotFound
+    );
+    assert_eq!(store.gets(), 1);
+    store.put("zz", "new");
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert_eq!(
+        cache.get(&name("zz")).await.unwrap().value.as_bytes(),
+        b"new"
+    );
+    assert_eq!(store.gets(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_errors_without_a_copy_are_not_cached() {
+    let (store, cache) = setup();
+    store.fail_with(Some(StoreError::Service { status: 503 }));
+    assert_eq!(
+        cache.get(&name("a")).await.unwrap_err(),
+        StoreError::Service { status: 503 }
+    );
+    store.fail_with(None);
+    // Within the outage window the miss fails at once, without a request.
+    assert_eq!(
+        cache.get(&name("a")).await.unwrap_err(),
+        StoreError::Service { status: 503 }
+    );
+    assert_eq!(store.gets(), 1);
+    tokio::time::advance(OUTAGE_BACKOFF).await;
+    assert!(cache.get(&name("a")).await.is_ok());
+    assert_eq!(store.gets(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_copy_served_through_an_outage_until_max_stale() {
+    let (store, cache) = setup();
+    cache.get(&name("a")).await.unwrap();
+    store.fail_with(Some(StoreError::Service { status: 503 }));
+    tokio::time::advance(Duration::from_secs(301)).await;
+    assert_eq!(
+        cache.get(&name("a")).await.unwrap().value.as_bytes(),
+        b"one"
+    );
+    assert!(cache.stale_since(&name("a")).is_some());
+    let gets = store.gets();
+    // Within the outage backoff, no new request.
+    assert_eq!(
+        cache.get(&name("a")).await.unwrap().value.as_bytes(),
+        b"one"
+    );
+    assert_eq!(store.gets(), gets);
+    tokio::time::advance(Duration::from_secs(3300)).await;
+    assert!(cache.get(&name("a")).await.is_err(), "past max_stale");
+    store.fail_with(None);
+    tokio::time::advance(OUTAGE_BACKOFF_MAX).await;
+    assert!(cache.get(&name("a")).await.is_ok());
+    assert!(cache.stale_since(&name("a")).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn definitive_answers_are_not_masked() {
+    let (store, cache) = setup();
+    cache.get(&name("a")).await.unwrap();
+    store.set_enabled("a", false);
+    tokio::time::advance(Duration::from_secs(301)).await;
+    assert!(matches!(
+        cache.get(&name("a")).await.unwrap_err(),
+        StoreError::Forbidden(_)
+    ));
+    cache.get(&name("b")).await.unwrap();
+    store.remove("b");
+    tokio::time::advance(Duration::from_secs(301)).await;
+    assert_eq!(
+        cache.get(&name("b")).await.unwrap_err(),
+        StoreError::NotFound
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn capacity_evicts_least_recently_used() {
+    let (store, cache) = setup();
+    cache.get(&name("a")).await.unwrap();
+    cache.get(&name("b")).await.unwrap();
+    cache.get(&name("a")).await.unwrap();
+    cache.get(&name("c")).await.unwrap(); // evicts b
+    assert_eq!(cache.len(), 2);
+    cache.get(&name("a")).await.unwrap();
+    assert_eq!(store.gets(), 3);
+    cache.get(&name("b")).await.unwrap();
+    assert_eq!(store.gets(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_misses_share_one_fetch() {
+    let (store, cache) = setup();
+    store.set_delay(Duration::from_millis(100));
+    let readers: Vec<_> = (0..50)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get(&name("a")).await })
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.await.unwrap().unwrap().value.as_bytes(), b"one");
+    }
+    assert_eq!(store.gets(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn abandoned_fetch_still_fills_the_cache() {
+    let (store, cache) = setup();
+    store.set_delay(Duration::from_secs(5));
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), cache.get(&name("a"))).await;
+    assert!(gave_up.is_err());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    store.set_delay(Duration::ZERO);
+    assert!(cache.get(&name("a")).await.is_ok());
+    assert_eq!(store.gets(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn listing_is_cached_for_list_ttl() {
+    let (store, cache) = setup();
+    assert_eq!(cache.list().await.unwrap().len(), 3);
+    store.put("d", "four");
+    assert_eq!(cache.list().await.unwrap().len(), 3);
+    assert_eq!(store.lists(), 1);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(cache.list().await.unwrap().len(), 4);
+    assert_eq!(store.lists(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn versions_are_cached_until_evicted() {
+    let (store, cache) = setup();
+    let v1 = cache
+        .get(&name("a"))
+        .await
+        .unwrap()
+        .properties
+        .version
+        .clone()
+        .unwrap();
+    store.put("a", "uno");
+    let versions = cache.list_versions(&name("a")).await.unwrap();
+    assert_eq!(versions.len(), 2);
+    let gets = store.gets();
+    tokio::time::advance(Duration::from_secs(100_000)).await;
+    let old = cache.get_version(&name("a"), &v1).await.unwrap();
+    assert_eq!(old.value.as_bytes(), b"one");
+    cache.get_version(&name("a"), &v1).await.unwrap();
+    assert_eq!(store.gets(), gets + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_gets_only_what_changed() {
+    let (store, cache) = setup();
+    let a = cache.get(&name("a")).await.unwrap().properties.clone();
+    let b = cache.get(&name("b")).await.unwrap().properties.clone();
+    // Fetched within a second of being written: a listing cannot tell a second change in
+    // that second apart, so the first refresh confirms each with a GET; later ones do not.
+    std::thread::sleep(SAME_SECOND_WINDOW + Duration::from_millis(100));
+    let first = cache.refresh(&[a.clone(), b.clone()]).await.unwrap();
+    assert!(first.is_empty(), "{first:?}");
+    let (gets, lists) = (store.gets(), store.lists());
+    let again = cache.refresh(&[a.clone(), b.clone()]).await.unwrap();
+    assert!(again.is_empty());
+    assert_eq!(
+        (store.gets(), store.lists()),
+        (gets, lists + 1),
+        "one list, no GET"
+    );
+    store.put("a", "uno");
+    let changed = cache.refresh(&[a, b]).await.unwrap();
+    assert_eq!(changed, vec![Change::Updated(name("a"))]);
+    assert_eq!(store.gets(), gets + 1);
+    assert_eq!(
+        cache.get(&name("a")).await.unwrap().value.as_bytes(),
+        b"uno"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_reports_gone_and_appeared() {
+    let (store, cache) = setup();
+    let a = cache.get(&name("a")).await.unwrap().properties.clone();
+    let c = cache.get(&name("c")).await.unwrap().properties.clone();
+    cache.refresh(&[a.clone(), c.clone()]).await.unwrap();
+    store.remove("a");
+    store.set_enabled("c", false);
+    store.put("e", "new");
+    let changes = cache.refresh(&[a, c]).await.unwrap();
+    assert!(changes.contains(&Change::Gone(name("a"))), "{changes:?}");
+    assert!(changes.contains(&Change::Gone(name("c"))), "{changes:?}");
+    assert!(
+        changes.contains(&Change::Appeared(name("e"))),
+        "{changes:?}"
+    );
+    assert_eq!(
+        cache
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|p| p.enabled)
+            .count(),
+        2
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn outage_marks_stale_then_drops_past_max_stale() {
+    let (_store, cache) = setup();
+    let a = cache.get(&name("a")).await.unwrap().properties.clone();
+    assert!(cache.outage(std::slice::from_ref(&a)).is_empty());
+    assert!(cache.stale_since(&name("a")).is_none(), "still within ttl");
+    tokio::time::advance(Duration::from_secs(301)).await;
+    assert!(cache.outage(std::slice::from_ref(&a)).is_empty());
+    assert!(cache.stale_since(&name("a")).is_some());
+    tokio::time::advance(Duration::from_secs(3300)).await;
+    assert_eq!(cache.outage(&[a]), vec![Change::Gone(name("a"))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_refresh_keeps_serving_stale() {
+    let (store, cache) = setup();
+    let a = cache.get(&name("a")).await.unwrap().properties.clone();
+    store.fail_with(Some(StoreError::Throttled { retry_after: None }));
+    assert!(cache.refresh(&[a]).await.is_err());
+    tokio::time::advance(Duration::from_secs(301)).await;
+    let gets = store.gets();
+    assert_eq!(
+        cache.get(&name("a")).await.unwrap().value.as_bytes(),
+        b"one"
+    );
+    assert!(store.gets() <= gets + 1);
+}

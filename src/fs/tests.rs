@@ -1,0 +1,296 @@
+//! Unit tests of `fs`: plain Results over an in-memory store, no mount.
+use super::*;
+use crate::cache::CacheConfig;
+use crate::store::MemoryStore;
+use std::ffi::OsString;
+use std::num::NonZeroUsize;
+
+struct Fixture {
+    _rt: tokio::runtime::Runtime,
+    store: Arc<MemoryStore>,
+    fs: SecretFs,
+    invalidated: Arc<Mutex<Vec<String>>>,
+}
+
+struct Recorder(Arc<Mutex<Vec<String>>>);
+
+impl Invalidate for Recorder {
+    fn entry(&self, parent: u64, name: &str) {
+        self.0.lock().unwrap().push(format!("{parent}/{name}"));
+    }
+}
+
+/// A filesystem over an in-memory store behind a cache with `ttl` (zero: every lookup asks).
+fn fixture_with_ttl(ttl: Duration) -> Fixture {
+    fixture_with(ttl, Rotation::NewInode, 100)
+}
+
+fn fixture_with(ttl: Duration, rotation: Rotation, capacity: usize) -> Fixture {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    store.put("db-password", "hunter2");
+    store.put("api-key", "k");
+    store.put("off", "x");
+    store.set_enabled("off", false);
+    let cache = SecretCache::new(
+        store.clone(),
+        CacheConfig {
+            capacity: NonZeroUsize::new(capacity).unwrap(),
+            ttl,
+            negative_ttl: Duration::ZERO,
+            list_ttl: Duration::ZERO,
+            max_stale: Duration::from_secs(3600),
+        },
+    );
+    let fs = SecretFs::new(
+        cache,
+        rt.handle().clone(),
+        FsConfig {
+            rotation,
+            uid: 1,
+            gid: 2,
+            file_mode: 0o400,
+            dir_mode: 0o500,
+            entry_ttl: Duration::from_secs(86400),
+            attr_ttl: Duration::from_secs(86400),
+            negative_ttl: Duration::from_secs(30),
+            request_timeout: Duration::from_millis(200),
+        },
+    );
+    let invalidated = Arc::new(Mutex::new(Vec::new()));
+    fs.set_invalidator(Box::new(Recorder(invalidated.clone())));
+    Fixture {
+        _rt: rt,
+        store,
+        fs,
+        invalidated,
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_with_ttl(Duration::ZERO)
+}
+
+fn os(s: &str) -> OsString {
+    OsString::from(s)
+}
+
+fn names(entries: Vec<DirEntry>) -> Vec<String> {
+    entries.into_iter().map(|e| e.name).collect()
+}
+
+#[test]
+fn lookup_gives_exact_size_and_owner() {
+    let f = fixture();
+    let e = f.fs.lookup(ROOT, &os("db-password")).unwrap();
+    assert_eq!(e.attr.size, 7);
+    assert_eq!((e.attr.uid, e.attr.gid, e.attr.perm), (1, 2, 0o400));
+    assert_eq!(e.attr.kind, FileType::RegularFile);
+}
+
+#[test]
+fn invalid_names_cost_no_request_and_are_cached_negative() {
+    let f = fixture();
+    for bad in [".git", "a_b", "foo.swp", "x.y", ""] {
+        let err = f.fs.lookup(ROOT, &os(bad)).unwrap_err();
+        assert_eq!(err.errno(), libc::ENOENT);
+        assert_eq!(f.fs.negative_ttl(&err), Some(INVALID_NAME_TTL));
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let not_utf8 = OsStr::from_bytes(b"\xff\xfe");
+    assert_eq!(
+        f.fs.lookup(ROOT, not_utf8).unwrap_err().errno(),
+        libc::ENOENT
+    );
+    assert_eq!(f.store.gets(), 0);
+}
+
+#[test]
+fn errno_rows_reach_the_reader() {
+    let f = fixture();
+    let missing = f.fs.lookup(ROOT, &os("missing")).unwrap_err();
+    assert_eq!(missing.errno(), libc::ENOENT);
+    assert_eq!(f.fs.negative_ttl(&missing), Some(Duration::from_secs(30)));
+    let off = f.fs.lookup(ROOT, &os("off")).unwrap_err();
+    assert_eq!(off.errno(), libc::EACCES);
+    assert_eq!(f.fs.negative_ttl(&off), None);
+    let e = f.fs.lookup(ROOT, &os("db-password")).unwrap();
+    assert_eq!(
+        f.fs.lookup(e.attr.ino.0, &os("x")).unwrap_err().errno(),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        f.fs.lookup(999, &os("x")).unwrap_err().errno(),
+        libc::ENOENT
+    );
+    // Last: a transient failure opens an outage window in which misses fail at once.
+    f.store
+        .fail_with(Some(StoreError::Throttled { retry_after: None }));
+    assert_eq!(
+        f.fs.lookup(ROOT, &os("api-key")).unwrap_err().errno(),
+        libc::EIO
+    );
+}
+
+#[test]
+fn request_timeout_bounds_a_stalled_store() {
+    let f = fixture();
+    f.store.set_delay(Duration::from_secs(30));
+    let started = std::time::Instant::now();
+    let err = f.fs.lookup(ROOT, &os("api-key")).unwrap_err();
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(matches!(err, FsError::Store(StoreError::Timeout(_))));
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn reads_are_clamped() {
+    let f = fixture();
+    let ino = f.fs.lookup(ROOT, &os("db-password")).unwrap().attr.ino.0;
+    assert_eq!(f.fs.read(ino, 0, 0, 4096).unwrap().as_bytes(), b"hunter2");
+    assert_eq!(f.fs.read(ino, 0, 2, 3).unwrap().as_bytes(), b"nte");
+    assert_eq!(f.fs.read(ino, 0, 7, 10).unwrap().as_bytes(), b"");
+    assert_eq!(
+        f.fs.read(ino, 0, u64::MAX, u32::MAX).unwrap().as_bytes(),
+        b""
+    );
+    assert_eq!(f.fs.read(ROOT, 0, 0, 1).unwrap_err().errno(), libc::EISDIR);
+    assert_eq!(f.fs.read(12345, 0, 0, 1).unwrap_err().errno(), libc::ENOENT);
+}
+
+#[test]
+fn new_version_new_inode_old_one_readable_until_forgotten() {
+    let f = fixture();
+    let old = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
+    assert_eq!(f.fs.lookup(ROOT, &os("API-KEY")).unwrap().attr.ino.0, old);
+    f.store.put("api-key", "rotated");
+    let new = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
+    assert_ne!(old, new);
+    assert_eq!(f.fs.read(old, 0, 0, 100).unwrap().as_bytes(), b"k");
+    assert_eq!(f.fs.read(new, 0, 0, 100).unwrap().as_bytes(), b"rotated");
+    f.fs.forget(old, 1);
+    assert!(f.fs.read(old, 0, 0, 1).is_ok(), "one reference is left");
+    f.fs.forget(old, 1);
+    assert_eq!(f.fs.read(old, 0, 0, 1).unwrap_err().errno(), libc::ENOENT);
+    assert!(f.fs.read(new, 0, 0, 1).is_ok());
+}
+
+#[test]
+fn listing_shows_enabled_secrets_and_never_fetches_values() {
+    let f = fixture();
+    assert_eq!(
+        names(f.fs.readdir(ROOT, 0).unwrap()),
+        [".", "..", "api-key", "db-password"]
+    );
+    assert_eq!(names(f.fs.readdir(ROOT, 3).unwrap()), ["db-password"]);
+    assert!(f.fs.readdir(ROOT, 99).unwrap().is_empty());
+    assert_eq!(f.store.gets(), 0);
+    assert_eq!(f.fs.readdir(42, 0).unwrap_err().errno(), libc::ENOENT);
+}
+
+#[test]
+fn versions_directory_lists_and_reads_every_version() {
+    let f = fixture();
+    let old_version = {
+        let e = f.fs.lookup(ROOT, &os("api-key")).unwrap();
+        f.fs.xattrs(&f.fs.properties(e.attr.ino.0).unwrap())[0]
+            .1
+            .clone()
+    };
+    f.store.put("api-key", "second");
+    let dir = f.fs.lookup(VERSIONS, &os("api-key")).unwrap().attr;
+    assert_eq!(dir.kind, FileType::Directory);
+    let listed = names(f.fs.readdir(dir.ino.0, 2).unwrap());
+    assert_eq!(listed.len(), 2);
+    assert!(listed.contains(&old_version));
+    let file = f.fs.lookup(dir.ino.0, &os(&old_version)).unwrap().attr;
+    assert_eq!(f.fs.read(file.ino.0, 0, 0, 100).unwrap().as_bytes(), b"k");
+    assert_eq!(
+        f.fs.lookup(dir.ino.0, &os("nothex")).unwrap_err().errno(),
+        libc::ENOENT
+    );
+    assert_eq!(
+        f.fs.lookup(VERSIONS, &os("absent")).unwrap_err().errno(),
+        libc::ENOENT
+    );
+    assert!(!names(f.fs.readdir(ROOT, 0).unwrap()).contains(&VERSIONS_DIR.to_owned()));
+}
+
+#[test]
+fn xattrs_describe_the_version_not_the_value() {
+    let f = fixture();
+    let ino = f.fs.lookup(ROOT, &os("db-password")).unwrap().attr.ino.0;
+    let list = f.fs.listxattr(ino).unwrap();
+    let text = String::from_utf8(list).unwrap();
+    assert!(text.contains("user.kvfs.version\0"));
+    assert!(text.contains("user.kvfs.updated\0"));
+    assert!(text.contains("user.kvfs.enabled\0"));
+    assert!(!text.contains("user.kvfs.stale"));
+    assert!(!text.contains("hunter2"));
+    assert_eq!(
+        f.fs.getxattr(ino, &os("user.kvfs.enabled")).unwrap(),
+        b"true"
+    );
+    assert_eq!(
+        f.fs.getxattr(ino, &os("user.other")).unwrap_err().errno(),
+        libc::ENODATA
+    );
+}
+
+#[test]
+fn in_place_rotation_keeps_one_inode_and_pins_open_handles() {
+    let f = fixture_with(Duration::from_secs(300), Rotation::InPlace, 100);
+    let ino = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
+    let before = f.fs.open(ino).unwrap().expect("a handle");
+    f.store.put("api-key", "rotated");
+    f._rt.block_on(async {
+        let held = f.fs.in_use();
+        let changes = f.fs.cache().refresh(&held).await.unwrap();
+        f.fs.apply(&changes);
+    });
+    let after = f.fs.open(ino).unwrap().expect("a handle");
+    assert_eq!(f.fs.read(ino, before, 0, 100).unwrap().as_bytes(), b"k");
+    assert_eq!(
+        f.fs.read(ino, after, 0, 100).unwrap().as_bytes(),
+        b"rotated"
+    );
+    assert_eq!(f.fs.getattr(ino).unwrap().0.size, 7);
+    assert_eq!(f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0, ino);
+    f.fs.release(before);
+    assert_eq!(
+        f.fs.read(ino, before, 0, 100).unwrap().as_bytes(),
+        b"rotated"
+    );
+}
+
+#[test]
+fn capacity_bounds_values_held_by_inodes() {
+    let f = fixture_with(Duration::from_secs(300), Rotation::NewInode, 1);
+    let a = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
+    let b = f.fs.lookup(ROOT, &os("db-password")).unwrap().attr.ino.0;
+    assert_eq!(f.store.gets(), 2);
+    // db-password evicted api-key's value; the inode fetches its exact version again.
+    assert_eq!(f.fs.read(a, 0, 0, 100).unwrap().as_bytes(), b"k");
+    assert_eq!(f.store.gets(), 3);
+    assert_eq!(
+        f.fs.getattr(b).unwrap().0.size,
+        7,
+        "metadata needs no value"
+    );
+    assert_eq!(f.store.gets(), 3);
+}
+
+#[test]
+fn refresh_changes_invalidate_every_spelling() {
+    let f = fixture_with_ttl(Duration::from_secs(300));
+    f.fs.lookup(ROOT, &os("api-key")).unwrap();
+    f.fs.lookup(ROOT, &os("API-Key")).unwrap();
+    f.fs.apply(&[Change::Updated(SecretName::parse("api-key").unwrap())]);
+    let got = f.invalidated.lock().unwrap().clone();
+    assert_eq!(got, ["1/API-Key", "1/api-key"]);
+    assert_eq!(f.fs.in_use().len(), 1);
+}
