@@ -22,7 +22,7 @@ use tokio::runtime::Handle;
 use crate::cache::{Change, SecretCache};
 use crate::error::StoreError;
 use crate::secret::{Secret, SecretName, SecretProperties};
-use crate::store::SecretStore;
+use crate::store::{Listing, SecretStore};
 
 pub const ROOT: u64 = INodeNo::ROOT.0;
 /// `.versions`: one directory per secret, one file per version. Not listed in the root.
@@ -211,6 +211,10 @@ pub struct SecretFs {
     config: FsConfig,
     inodes: Mutex<Inodes>,
     invalidator: OnceLock<Box<dyn Invalidate>>,
+    /// Directory entries built from a listing (root, `.versions`), reused while it is current.
+    built_listings: Mutex<HashMap<u64, (Listing, Arc<Vec<DirEntry>>)>>,
+    /// The root entries the kernel cached at its last open of the root.
+    kernel_root: Mutex<Option<Arc<Vec<DirEntry>>>>,
     mounted_at: SystemTime,
 }
 
@@ -227,6 +231,8 @@ impl SecretFs {
                 ..Default::default()
             }),
             invalidator: OnceLock::new(),
+            built_listings: Mutex::new(HashMap::new()),
+            kernel_root: Mutex::new(None),
             mounted_at: SystemTime::now(),
         }
     }
@@ -555,12 +561,50 @@ impl SecretFs {
         })
     }
 
-    /// The entries of a directory from `offset` on. Offsets index the current (cached)
-    /// listing, so a listing that changes between two calls may skip or repeat a name.
-    pub fn readdir(&self, ino: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
-        let (parent, children): (u64, Vec<(u64, FileType, String)>) = match ino {
+    /// Opens a directory. Returns whether the kernel may keep the entries it cached at the
+    /// last open (the root's listing is unchanged since); a directory is then listed without
+    /// a single READDIR message.
+    pub fn opendir(&self, ino: u64) -> FsResult<bool> {
+        if ino != ROOT {
+            self.readdir_entries(ino)?;
+            return Ok(false);
+        }
+        let entries = self.readdir_entries(ROOT)?;
+        let mut cached = self
+            .kernel_root
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let keep = cached
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &entries) || **c == *entries);
+        *cached = Some(entries);
+        Ok(keep)
+    }
+
+    /// The entries of a directory from `offset` on: the whole listing (shared, built once per
+    /// listing) and the index to start at. Offsets index the current (cached) listing, so a
+    /// listing that changes between two calls may skip or repeat a name.
+    pub fn readdir(&self, ino: u64, offset: u64) -> FsResult<(Arc<Vec<DirEntry>>, usize)> {
+        let entries = self.readdir_entries(ino)?;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(entries.len());
+        Ok((entries, start))
+    }
+
+    fn readdir_entries(&self, ino: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+        match ino {
             ROOT | VERSIONS => {
                 let listing = self.wait(self.cache.list())?;
+                let mut built = self
+                    .built_listings
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if let Some((from, entries)) = built.get(&ino)
+                    && Arc::ptr_eq(from, &listing)
+                {
+                    return Ok(entries.clone());
+                }
                 let kind = if ino == ROOT {
                     FileType::RegularFile
                 } else {
@@ -569,9 +613,10 @@ impl SecretFs {
                 let names = listing
                     .iter()
                     .filter(|p| p.enabled)
-                    .map(|p| (listing_ino(&p.name), kind, p.name.as_str().to_owned()))
-                    .collect();
-                (ROOT, names)
+                    .map(|p| (listing_ino(&p.name), kind, p.name.as_str().to_owned()));
+                let entries = Arc::new(dir_entries(ino, ROOT, names));
+                built.insert(ino, (listing, entries.clone()));
+                Ok(entries)
             }
             _ => {
                 let name = match self.inodes().nodes.get(&ino) {
@@ -583,28 +628,10 @@ impl SecretFs {
                 let files = versions
                     .iter()
                     .filter_map(|p| p.version.clone())
-                    .map(|v| (listing_ino_str(&v), FileType::RegularFile, v))
-                    .collect();
-                (VERSIONS, files)
+                    .map(|v| (listing_ino_str(&v), FileType::RegularFile, v));
+                Ok(Arc::new(dir_entries(ino, VERSIONS, files)))
             }
-        };
-        let all = [
-            (ino, FileType::Directory, ".".to_owned()),
-            (parent, FileType::Directory, "..".to_owned()),
-        ]
-        .into_iter()
-        .chain(children);
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        Ok(all
-            .enumerate()
-            .skip(start)
-            .map(|(i, (ino, kind, name))| DirEntry {
-                ino,
-                next_offset: i as u64 + 1,
-                kind,
-                name,
-            })
-            .collect())
+        }
     }
 
     /// Names of the metadata attributes of `ino`, NUL-terminated, as `listxattr` returns them.
@@ -709,6 +736,28 @@ impl SecretFs {
             flags: 0,
         }
     }
+}
+
+/// `.`, `..` and `children`, each with the offset of the entry after it.
+fn dir_entries(
+    ino: u64,
+    parent: u64,
+    children: impl Iterator<Item = (u64, FileType, String)>,
+) -> Vec<DirEntry> {
+    [
+        (ino, FileType::Directory, ".".to_owned()),
+        (parent, FileType::Directory, "..".to_owned()),
+    ]
+    .into_iter()
+    .chain(children)
+    .enumerate()
+    .map(|(i, (ino, kind, name))| DirEntry {
+        ino,
+        next_offset: i as u64 + 1,
+        kind,
+        name,
+    })
+    .collect()
 }
 
 /// A name Key Vault cannot hold cannot exist: it is answered without a request.

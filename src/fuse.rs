@@ -83,8 +83,8 @@ fn lookup(fs: &SecretFs, parent: u64, name: &OsStr, reply: ReplyEntry) {
 
 fn readdir(fs: &SecretFs, ino: u64, offset: u64, mut reply: ReplyDirectory) {
     match fs.readdir(ino, offset) {
-        Ok(entries) => {
-            for e in entries {
+        Ok((entries, start)) => {
+            for e in entries.get(start..).unwrap_or_default() {
                 if reply.add(INodeNo(e.ino), e.next_offset, e.kind, &e.name) {
                     break;
                 }
@@ -160,9 +160,23 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // As for open: no OPENDIR/RELEASEDIR messages; readdir works from offsets.
-        reply.error(Errno::ENOSYS);
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fs = self.fs.clone();
+        // An opendir may list the vault (when the cached listing expired): off the FUSE threads.
+        self.fs
+            .runtime()
+            .spawn_blocking(move || match fs.opendir(ino.0) {
+                // The kernel caches the entries (CACHE_DIR) and, while the listing is unchanged,
+                // keeps them across opens (KEEP_CACHE): `ls` then costs no READDIR message.
+                Ok(keep) => {
+                    let mut flags = FopenFlags::FOPEN_CACHE_DIR;
+                    if keep {
+                        flags |= FopenFlags::FOPEN_KEEP_CACHE;
+                    }
+                    reply.opened(FileHandle(0), flags);
+                }
+                Err(err) => reply.error(errno("opendir", ino.0, &err)),
+            });
     }
 
     fn readdir(

@@ -79,8 +79,8 @@ fn os(s: &str) -> OsString {
     OsString::from(s)
 }
 
-fn names(entries: Vec<DirEntry>) -> Vec<String> {
-    entries.into_iter().map(|e| e.name).collect()
+fn names((entries, start): (Arc<Vec<DirEntry>>, usize)) -> Vec<String> {
+    entries[start..].iter().map(|e| e.name.clone()).collect()
 }
 
 #[test]
@@ -187,9 +187,24 @@ fn listing_shows_enabled_secrets_and_never_fetches_values() {
         [".", "..", "api-key", "db-password"]
     );
     assert_eq!(names(f.fs.readdir(ROOT, 3).unwrap()), ["db-password"]);
-    assert!(f.fs.readdir(ROOT, 99).unwrap().is_empty());
+    assert!(names(f.fs.readdir(ROOT, 99).unwrap()).is_empty());
     assert_eq!(f.store.gets(), 0);
     assert_eq!(f.fs.readdir(42, 0).unwrap_err().errno(), libc::ENOENT);
+}
+
+#[test]
+fn root_opendir_lets_the_kernel_keep_an_unchanged_listing() {
+    let f = fixture();
+    assert!(!f.fs.opendir(ROOT).unwrap(), "nothing cached yet");
+    assert!(f.fs.opendir(ROOT).unwrap(), "same listing");
+    f.store.put("api-key", "rotated");
+    assert!(
+        f.fs.opendir(ROOT).unwrap(),
+        "same names: a new version changes no entry"
+    );
+    f.store.put("brand-new", "v");
+    assert!(!f.fs.opendir(ROOT).unwrap(), "a new name");
+    assert!(f.fs.opendir(ROOT).unwrap());
 }
 
 #[test]
