@@ -128,6 +128,9 @@ pub struct DirEntry {
     pub name: String,
 }
 
+/// A directory's entries, shared between the calls that page through them.
+pub type Entries = Arc<Vec<DirEntry>>;
+
 /// Bytes of a secret to send back for a read, without copying them out of the cache.
 pub struct ReadData {
     secret: Arc<Secret>,
@@ -212,9 +215,9 @@ pub struct SecretFs {
     inodes: Mutex<Inodes>,
     invalidator: OnceLock<Box<dyn Invalidate>>,
     /// Directory entries built from a listing (root, `.versions`), reused while it is current.
-    built_listings: Mutex<HashMap<u64, (Listing, Arc<Vec<DirEntry>>)>>,
+    built_listings: Mutex<HashMap<u64, (Listing, Entries)>>,
     /// The root entries the kernel cached at its last open of the root.
-    kernel_root: Mutex<Option<Arc<Vec<DirEntry>>>>,
+    kernel_root: Mutex<Option<Entries>>,
     mounted_at: SystemTime,
 }
 
@@ -584,7 +587,7 @@ impl SecretFs {
     /// The entries of a directory from `offset` on: the whole listing (shared, built once per
     /// listing) and the index to start at. Offsets index the current (cached) listing, so a
     /// listing that changes between two calls may skip or repeat a name.
-    pub fn readdir(&self, ino: u64, offset: u64) -> FsResult<(Arc<Vec<DirEntry>>, usize)> {
+    pub fn readdir(&self, ino: u64, offset: u64) -> FsResult<(Entries, usize)> {
         let entries = self.readdir_entries(ino)?;
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
@@ -592,7 +595,7 @@ impl SecretFs {
         Ok((entries, start))
     }
 
-    fn readdir_entries(&self, ino: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+    fn readdir_entries(&self, ino: u64) -> FsResult<Entries> {
         match ino {
             ROOT | VERSIONS => {
                 let listing = self.wait(self.cache.list())?;
