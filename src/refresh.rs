@@ -36,16 +36,28 @@ pub async fn run(fs: Arc<SecretFs>, period: Duration) {
                         "refresh found changes"
                     );
                 }
-                fs.apply(&changes);
+                apply(&fs, changes).await;
                 delay = period;
                 backoff = Duration::from_secs(1);
             }
             Err(err) => {
                 tracing::warn!(error = %err, retry_in = ?backoff, "refresh failed; cached values are served stale meanwhile");
-                fs.apply(&fs.cache().outage(&in_use));
+                apply(&fs, fs.cache().outage(&in_use)).await;
                 delay = backoff.min(period);
                 backoff = (backoff * 2).min(period);
             }
         }
+    }
+}
+
+/// Invalidations write to the FUSE device and may wait on the kernel's directory lock, which a
+/// lookup in progress holds: they run on the blocking pool, never on an async worker.
+async fn apply(fs: &Arc<SecretFs>, changes: Vec<crate::cache::Change>) {
+    if changes.is_empty() {
+        return;
+    }
+    let fs = fs.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || fs.apply(&changes)).await {
+        tracing::warn!(error = %e, "kernel invalidation task failed");
     }
 }
