@@ -25,7 +25,7 @@ use futures::future::{BoxFuture, Shared};
 use lru::LruCache;
 use tokio::time::Instant;
 
-use crate::error::StoreError;
+use crate::error::{Forbidden, StoreError};
 use crate::secret::{Secret, SecretName, SecretProperties};
 use crate::store::{Listing, SecretStore};
 
@@ -59,7 +59,15 @@ enum Key {
 #[derive(Clone)]
 enum Entry {
     Found(Found),
-    Missing { at: Instant },
+    /// 404, remembered for `negative_ttl`.
+    Missing {
+        at: Instant,
+    },
+    /// 403 (disabled, no access), remembered for `negative_ttl` too: a definitive answer.
+    Denied {
+        at: Instant,
+        why: Forbidden,
+    },
 }
 
 #[derive(Clone)]
@@ -143,7 +151,7 @@ impl SecretCache {
     pub fn peek(&self, name: &SecretName) -> Option<Arc<Secret>> {
         match self.inner.lock().entries.peek(&Key::Latest(name.key()))? {
             Entry::Found(f) => Some(f.secret.clone()),
-            Entry::Missing { .. } => None,
+            Entry::Missing { .. } | Entry::Denied { .. } => None,
         }
     }
 
@@ -151,7 +159,7 @@ impl SecretCache {
     pub fn stale_since(&self, name: &SecretName) -> Option<SystemTime> {
         match self.inner.lock().entries.peek(&Key::Latest(name.key()))? {
             Entry::Found(f) => f.stale_since,
-            Entry::Missing { .. } => None,
+            Entry::Missing { .. } | Entry::Denied { .. } => None,
         }
     }
 
@@ -333,7 +341,10 @@ impl Inner {
             Entry::Missing { at } if now.duration_since(*at) < config.negative_ttl => {
                 Some(Err(StoreError::NotFound))
             }
-            Entry::Missing { .. } => fail_fast,
+            Entry::Denied { at, why } if now.duration_since(*at) < config.negative_ttl => {
+                Some(Err(StoreError::Forbidden(*why)))
+            }
+            Entry::Missing { .. } | Entry::Denied { .. } => fail_fast,
         }
     }
 
@@ -369,6 +380,10 @@ impl Inner {
             Err(StoreError::NotFound) => {
                 state.entries.put(key, Entry::Missing { at: now });
                 Err(StoreError::NotFound)
+            }
+            Err(StoreError::Forbidden(why)) => {
+                state.entries.put(key, Entry::Denied { at: now, why });
+                Err(StoreError::Forbidden(why))
             }
             Err(e) if e.is_definitive() => {
                 state.entries.pop(&key);

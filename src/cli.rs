@@ -25,9 +25,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount a vault and serve it until SIGTERM or SIGINT (runs in the foreground).
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Mount a sample vault served by the bundled emulator: no Azure account needed.
-    Demo(DemoArgs),
+    Demo(Box<DemoArgs>),
     /// Run the bundled Key Vault emulator alone (tests, benchmarks, other SDKs).
     Emulator(EmulatorArgs),
 }
@@ -44,6 +44,9 @@ pub struct MountArgs {
 
     #[command(flatten)]
     pub identity: IdentityArgs,
+
+    #[command(flatten)]
+    pub network: NetworkArgs,
 
     #[command(flatten)]
     pub options: MountOptions,
@@ -84,8 +87,10 @@ pub struct IdentityArgs {
     pub resource_id: Option<String>,
 }
 
+/// Where Key Vault and the identity endpoint are reached and whom to trust: set by `demo`
+/// itself, so only `mount` takes them.
 #[derive(Debug, Args)]
-pub struct MountOptions {
+pub struct NetworkArgs {
     /// Extra trusted root certificates (PEM), for TLS-inspecting proxies or emulators.
     #[arg(
         long,
@@ -106,7 +111,10 @@ pub struct MountOptions {
         help_heading = "Network"
     )]
     pub disable_challenge_resource_verification: bool,
+}
 
+#[derive(Debug, Args)]
+pub struct MountOptions {
     /// No file operation waits longer than this for Key Vault or the identity endpoint.
     #[arg(long, value_name = "DURATION", default_value = "10s", env = "KVFS_REQUEST_TIMEOUT", value_parser = parse_request_timeout, help_heading = "Network")]
     pub request_timeout: Duration,
@@ -169,11 +177,11 @@ pub struct MountOptions {
     pub allow_other: bool,
 
     /// Mount without first checking that a token can be had and the vault listed.
-    #[arg(long, env = "KVFS_NO_STARTUP_CHECK")]
+    #[arg(long, env = "KVFS_NO_STARTUP_CHECK", help_heading = "Mount")]
     pub no_startup_check: bool,
 
     /// Threads answering the kernel.
-    #[arg(long, value_name = "N", default_value = "4", env = "KVFS_THREADS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, value_name = "N", default_value = "4", env = "KVFS_THREADS", value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Mount")]
     pub threads: u16,
 }
 

@@ -535,6 +535,23 @@ impl SecretFs {
         }
     }
 
+    /// Whether a read of `ino` through `handle` must fetch the value first (it was evicted
+    /// from the cache): such a read belongs off the FUSE threads.
+    pub fn read_would_wait(&self, ino: u64, handle: u64) -> bool {
+        if self
+            .handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&handle)
+        {
+            return false;
+        }
+        matches!(
+            self.inodes().nodes.get(&ino),
+            Some(Node::File { held, .. }) if held.value.strong_count() == 0
+        )
+    }
+
     pub fn release(&self, handle: u64) {
         self.handles
             .lock()

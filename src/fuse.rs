@@ -81,6 +81,26 @@ fn lookup(fs: &SecretFs, parent: u64, name: &OsStr, reply: ReplyEntry) {
     }
 }
 
+fn open(fs: &SecretFs, ino: u64, reply: ReplyOpen) {
+    match fs.open(ino) {
+        // Zero-message open: ENOSYS makes the kernel stop sending OPEN and RELEASE for the
+        // mount's life and keep each inode's pages across opens. Correct only because an inode
+        // is one version whose content never changes (new-inode rotation).
+        Ok(None) => reply.error(Errno::ENOSYS),
+        // In-place rotation: the handle pins a version; direct I/O keeps the page cache (shared
+        // by all handles of the inode) out of the way.
+        Ok(Some(handle)) => reply.opened(FileHandle(handle), FopenFlags::FOPEN_DIRECT_IO),
+        Err(err) => reply.error(errno("open", ino, &err)),
+    }
+}
+
+fn read(fs: &SecretFs, ino: u64, handle: u64, offset: u64, size: u32, reply: ReplyData) {
+    match fs.read(ino, handle, offset, size) {
+        Ok(data) => reply.data(data.as_bytes()),
+        Err(err) => reply.error(errno("read", ino, &err)),
+    }
+}
+
 fn readdir(fs: &SecretFs, ino: u64, offset: u64, mut reply: ReplyDirectory) {
     match fs.readdir(ino, offset) {
         Ok((entries, start)) => {
@@ -117,15 +137,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino.0) {
-            // Zero-message open: ENOSYS makes the kernel stop sending OPEN and RELEASE for the
-            // mount's life and keep each inode's pages across opens. Correct only because an
-            // inode is one version whose content never changes (new-inode rotation).
-            Ok(None) => reply.error(Errno::ENOSYS),
-            // In-place rotation: the handle pins a version; direct I/O keeps the page cache
-            // (shared by all handles of the inode) out of the way.
-            Ok(Some(handle)) => reply.opened(FileHandle(handle), FopenFlags::FOPEN_DIRECT_IO),
-            Err(err) => reply.error(errno("open", ino.0, &err)),
+        if self.fs.read_would_wait(ino.0, 0) {
+            let fs = self.fs.clone();
+            // In place, an open pins the value, which may have to be fetched again first.
+            self.fs
+                .runtime()
+                .spawn_blocking(move || open(&fs, ino.0, reply));
+        } else {
+            open(&self.fs, ino.0, reply);
         }
     }
 
@@ -154,10 +173,27 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(ino.0, fh.0, offset, size) {
-            Ok(data) => reply.data(data.as_bytes()),
-            Err(err) => reply.error(errno("read", ino.0, &err)),
+        if self.fs.read_would_wait(ino.0, fh.0) {
+            let fs = self.fs.clone();
+            // The value was evicted and is fetched again by version: off the FUSE threads.
+            self.fs
+                .runtime()
+                .spawn_blocking(move || read(&fs, ino.0, fh.0, offset, size, reply));
+        } else {
+            read(&self.fs, ino.0, fh.0, offset, size, reply);
         }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is ever written, so there is nothing to flush.
+        reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -16,8 +16,8 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Mount(args) => kvfs::run::mount(args),
-        Command::Demo(args) => kvfs::run::demo(args),
+        Command::Mount(args) => kvfs::run::mount(*args),
+        Command::Demo(args) => kvfs::run::demo(*args),
         Command::Emulator(args) => kvfs::run::emulator(args),
     };
     match result {

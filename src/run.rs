@@ -58,9 +58,9 @@ pub fn mount(args: MountArgs) -> Result<(), RunError> {
         mountpoint: args.mountpoint,
         vault_url: args.vault_url,
         auth,
-        ca_file: args.options.ca_file.clone(),
-        imds_endpoint: args.options.imds_endpoint.clone(),
-        verify_challenge_resource: !args.options.disable_challenge_resource_verification,
+        ca_file: args.network.ca_file,
+        imds_endpoint: args.network.imds_endpoint,
+        verify_challenge_resource: !args.network.disable_challenge_resource_verification,
         options: args.options,
     };
     if let Some(endpoint) = &plan.imds_endpoint {
@@ -71,6 +71,20 @@ pub fn mount(args: MountArgs) -> Result<(), RunError> {
 
 /// Starts the bundled emulator with sample secrets and mounts it: no Azure account needed.
 pub fn demo(args: DemoArgs) -> Result<(), RunError> {
+    // With these set, the Azure SDK sends managed-identity requests to App Service or Cloud
+    // Shell endpoints, which the IMDS redirect does not cover: the demo would leave loopback.
+    if let Some(var) = ["IDENTITY_ENDPOINT", "MSI_ENDPOINT"]
+        .into_iter()
+        .find(|v| std::env::var_os(v).is_some())
+    {
+        return Err(RunError::Setup(format!(
+            "the demo talks only to its bundled emulator, but {var} is set and would send token requests elsewhere; unset it"
+        )));
+    }
+    std::fs::create_dir_all(&args.mountpoint).map_err(|e| RunError::Mount {
+        path: args.mountpoint.clone(),
+        reason: format!("cannot create it: {e}"),
+    })?;
     let runtime = runtime()?;
     let state = tempfile::Builder::new()
         .prefix("kvfs-demo-")
@@ -201,6 +215,8 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             max_stale: o.max_stale,
         },
     );
+    // The mountpoint first: it is checked locally, the startup check costs requests.
+    clean_stale_mount(&plan.mountpoint)?;
     if !o.no_startup_check {
         runtime
             .block_on(startup_check(&plan, credential.as_ref(), &cache))
@@ -227,14 +243,12 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             request_timeout: o.request_timeout,
         },
     );
-    clean_stale_mount(&plan.mountpoint)?;
     let mut config = FuseConfig::default();
     config.mount_options = vec![
         MountOption::FSName(format!(
             "kvfs:{}",
             plan.vault_url.host_str().unwrap_or("vault")
         )),
-        MountOption::Subtype("kvfs".into()),
         MountOption::RO,
         MountOption::DefaultPermissions,
         MountOption::NoDev,

@@ -180,14 +180,15 @@ pub fn classify(err: azure_core::Error) -> StoreError {
                     retry_after: raw_response
                         .as_deref()
                         .and_then(|r| r.headers().get_optional_str(&RETRY_AFTER))
-                        .and_then(|s| s.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs),
+                        .and_then(|v| retry_after(v, SystemTime::now())),
                 },
                 401 => StoreError::Credential {
                     status: Some(401),
                     detail: "Key Vault refused the token (401)".into(),
                 },
-                _ => StoreError::Service { status },
+                // Server trouble and request timeouts pass; other statuses would repeat.
+                408 | 500..=599 => StoreError::Service { status },
+                _ => StoreError::Other(format!("Key Vault answered HTTP {status}")),
             }
         }
         ErrorKind::Credential => StoreError::Credential {
@@ -204,6 +205,16 @@ pub fn classify(err: azure_core::Error) -> StoreError {
         ErrorKind::DataConversion => StoreError::Other("cannot parse Key Vault's response".into()),
         ErrorKind::Other => StoreError::Other(chain(&err)),
     }
+}
+
+/// A Retry-After header: delay-seconds, or an HTTP date (RFC 9110), as a wait from `now`.
+fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
 }
 
 /// Key Vault's inner error code (`ForbiddenByRbac`, `SecretDisabled`, ...) from an error body.
@@ -267,6 +278,22 @@ fn is_timeout(err: &azure_core::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:30 GMT").unwrap();
+        assert_eq!(retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
+        assert_eq!(retry_after("soon", now), None);
+    }
 
     #[test]
     fn inner_code_prefers_innererror() {
