@@ -96,6 +96,15 @@ fn bad_values_name_the_flag_and_the_form() {
             &["mount", "/tmp/x", "--vault-url", URL, "--bogus"],
             &["--bogus"],
         ),
+        // The demo sets its own network: it takes none of these rather than ignore them.
+        (
+            &["demo", "/tmp/x", "--ca-file", "/etc/ssl/x.pem"],
+            &["--ca-file"],
+        ),
+        (
+            &["demo", "/tmp/x", "--imds-endpoint", "http://127.0.0.1:1"],
+            &["--imds-endpoint"],
+        ),
     ];
     for (args, needles) in rows {
         let stderr = rejected(args);
