@@ -219,7 +219,10 @@ impl SecretCache {
                     match inner.store.get(name).await {
                         Ok(secret) => {
                             let changed = secret.properties.version != known_version;
-                            inner.store_found(key, secret, SystemTime::now());
+                            // Same version: keep the copy already served, so that inodes
+                            // holding it (weakly) still find it in memory.
+                            let keep = cached.filter(|_| !changed).map(|f| f.secret);
+                            inner.store_found(key, keep.unwrap_or(secret), SystemTime::now());
                             if changed {
                                 changes.push(Change::Updated(name.clone()));
                             }
@@ -513,6 +516,16 @@ impl SecretStore for SecretCache {
         name: &SecretName,
         version: &str,
     ) -> Result<Arc<Secret>, StoreError> {
+        // The latest copy may be this very version: no request for it.
+        if let Some(latest) = self.peek(name)
+            && latest
+                .properties
+                .version
+                .as_deref()
+                .is_some_and(|v| v.eq_ignore_ascii_case(version))
+        {
+            return Ok(latest);
+        }
         self.inner
             .fetch(Key::Version(name.key(), version.to_ascii_lowercase()), name)
             .await

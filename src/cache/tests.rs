@@ -205,11 +205,31 @@ async fn versions_are_cached_until_evicted() {
     store.put("a", "uno");
     let versions = cache.list_versions(&name("a")).await.unwrap();
     assert_eq!(versions.len(), 2);
+    let v2 = versions
+        .iter()
+        .filter_map(|p| p.version.clone())
+        .find(|v| *v != v1)
+        .unwrap();
     let gets = store.gets();
     tokio::time::advance(Duration::from_secs(100_000)).await;
-    let old = cache.get_version(&name("a"), &v1).await.unwrap();
-    assert_eq!(old.value.as_bytes(), b"one");
-    cache.get_version(&name("a"), &v1).await.unwrap();
+    let new = cache.get_version(&name("a"), &v2).await.unwrap();
+    assert_eq!(new.value.as_bytes(), b"uno");
+    cache.get_version(&name("a"), &v2).await.unwrap();
+    assert_eq!(
+        store.gets(),
+        gets + 1,
+        "fetched once, then kept however old"
+    );
+    // v1 is still the cached latest copy: served from it.
+    assert_eq!(
+        cache
+            .get_version(&name("a"), &v1)
+            .await
+            .unwrap()
+            .value
+            .as_bytes(),
+        b"one"
+    );
     assert_eq!(store.gets(), gets + 1);
 }
 
@@ -295,4 +315,30 @@ async fn failed_refresh_keeps_serving_stale() {
         b"one"
     );
     assert!(store.gets() <= gets + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_latest_version_is_served_from_the_latest_entry() {
+    let (store, cache) = setup();
+    let a = cache.get(&name("a")).await.unwrap();
+    let v = a.properties.version.clone().unwrap();
+    let same = cache
+        .get_version(&name("a"), &v.to_uppercase())
+        .await
+        .unwrap();
+    assert!(Arc::ptr_eq(&a, &same), "the very copy, no request");
+    assert_eq!(store.gets(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unchanged_refresh_keeps_the_served_copy() {
+    let (_store, cache) = setup();
+    let a = cache.get(&name("a")).await.unwrap();
+    // Within the same-second window: the refresh confirms with a GET of the same version.
+    let changes = cache.refresh(&[a.properties.clone()]).await.unwrap();
+    assert!(changes.is_empty());
+    assert!(
+        Arc::ptr_eq(&a, &cache.peek(&name("a")).unwrap()),
+        "weak holders stay valid"
+    );
 }
