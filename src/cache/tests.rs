@@ -335,7 +335,10 @@ async fn an_unchanged_refresh_keeps_the_served_copy() {
     let (_store, cache) = setup();
     let a = cache.get(&name("a")).await.unwrap();
     // Within the same-second window: the refresh confirms with a GET of the same version.
-    let changes = cache.refresh(&[a.properties.clone()]).await.unwrap();
+    let changes = cache
+        .refresh(std::slice::from_ref(&a.properties))
+        .await
+        .unwrap();
     assert!(changes.is_empty());
     assert!(
         Arc::ptr_eq(&a, &cache.peek(&name("a")).unwrap()),
