@@ -475,6 +475,24 @@ fn metadata_as_extended_attributes() {
     assert!(xattr(&f, "user.kvfs.created").is_some());
     assert_eq!(xattr(&f, "user.kvfs.stale"), None);
     assert_eq!(xattr(&f, "user.kvfs.nope"), None);
+    // A buffer too small for the value: ERANGE, as getxattr(2) says.
+    let p = std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new("user.kvfs.version").unwrap();
+    let mut small = [0u8; 4];
+    // SAFETY: valid NUL-terminated strings and a buffer of the length passed.
+    let rc = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            small.as_mut_ptr().cast(),
+            small.len(),
+        )
+    };
+    assert_eq!(rc, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ERANGE)
+    );
     let out = std::process::Command::new("getfattr")
         .args(["-d", "-m", "user.kvfs"])
         .arg(&f)

@@ -137,6 +137,9 @@ fn every_write_type_operation_is_erofs() {
         ("link", std::fs::hard_link(&f, &new)),
         ("setxattr", xattr_set(&f, "user.kvfs.x", b"1")),
         ("utimes", touch(&f)),
+        ("chown", std::os::unix::fs::chown(&f, Some(1), Some(1))),
+        ("mknod", mknod(&m.file("node"))),
+        ("removexattr", xattr_remove(&f, "user.kvfs.version")),
     ];
     for (op, result) in rows {
         let errno = errno_of(result);
@@ -301,6 +304,40 @@ fn untrusted_certificate_is_eio_after_mount() {
 }
 
 #[test]
+fn unmount_from_outside_exits_zero() {
+    let env = TestEnv::start();
+    let mut m = env.mount(&[]);
+    let ok = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(&m.path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "fusermount3 -u");
+    let mut child = m.child.take().unwrap();
+    let status = common::wait_with_deadline(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn other_users_are_refused_without_allow_other() {
+    let env = TestEnv::start();
+    env.vault().set_secret("s", "v");
+    let m = env.mount(&["--file-mode", "0444", "--dir-mode", "0555"]);
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new("cat")
+        .arg(m.file("s"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert_eq!(m.read("s").unwrap(), b"v", "the mounting user reads");
+}
+
+#[test]
 fn sigterm_unmounts_and_exits_zero() {
     let env = TestEnv::start();
     env.vault().set_secret("s", "v");
@@ -353,6 +390,29 @@ fn xattr_set(path: &std::path::Path, name: &str, value: &[u8]) -> std::io::Resul
             0,
         )
     };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn mknod(path: &std::path::Path) -> std::io::Result<()> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path; a FIFO needs no device number.
+    let rc = unsafe { libc::mknod(p.as_ptr(), libc::S_IFIFO | 0o600, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn xattr_remove(path: &std::path::Path, name: &str) -> std::io::Result<()> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid NUL-terminated strings.
+    let rc = unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) };
     if rc == 0 {
         Ok(())
     } else {
