@@ -430,3 +430,28 @@ fn touch(path: &std::path::Path) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+#[test]
+fn values_never_reach_the_log() {
+    let env = TestEnv::start();
+    let value = "canary-value-5b9d0c7e";
+    env.vault().set_secret("canary", value);
+    // The harness runs kvfs at debug level, the SDK at info.
+    let mut m = env.mount(&["--cache-ttl", "1s"]);
+    assert_eq!(m.read("canary").unwrap(), value.as_bytes());
+    env.vault()
+        .set_secret("canary", &format!("{value}-rotated"));
+    assert!(common::eventually(Duration::from_secs(5), || {
+        m.read("canary").unwrap().ends_with(b"-rotated")
+    }));
+    let _ = std::fs::read_dir(m.path.join(".versions").join("canary"))
+        .unwrap()
+        .count();
+    assert!(m.terminate().success());
+    let log = std::fs::read_to_string(&m.log_path).unwrap();
+    assert!(
+        log.contains("kernel entry invalidated"),
+        "debug logging was on"
+    );
+    assert!(!log.contains("canary-value"), "a value reached the log");
+}
