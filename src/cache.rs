@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
 use lru::LruCache;
 use tokio::time::Instant;
 
@@ -47,6 +47,8 @@ const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(8);
 /// A secret fetched within this long of its `updated` time may have been changed again in the
 /// same second, which a listing (1 s resolution) cannot show: it is fetched once more.
 const SAME_SECOND_WINDOW: Duration = Duration::from_secs(2);
+/// GETs in flight at once when a refresh finds many secrets changed (a mass rotation).
+const REFRESH_CONCURRENCY: usize = 8;
 
 type Fetch<T> = Shared<BoxFuture<'static, Result<T, StoreError>>>;
 
@@ -77,6 +79,14 @@ struct Found {
     fetched_wall: SystemTime,
     /// Set while Key Vault fails and this copy is served past its TTL.
     stale_since: Option<SystemTime>,
+}
+
+/// What a refresh did: the changes it found (to push to the kernel even when part of it
+/// failed, since the cache already holds them) and the transient failure that cut it short.
+#[derive(Debug)]
+pub struct Refreshed {
+    pub changes: Vec<Change>,
+    pub failure: Option<StoreError>,
 }
 
 /// What a refresh found changed, for the filesystem to invalidate in the kernel.
@@ -167,7 +177,7 @@ impl SecretCache {
     /// with one listing, fetching only secrets whose `updated` time moved, and refreshes the
     /// listing cache. Costs ceil(secrets / 25) list pages + one GET per changed secret.
     /// On failure nothing is dropped: expired entries are then served stale up to `max_stale`.
-    pub async fn refresh(&self, in_use: &[SecretProperties]) -> Result<Vec<Change>, StoreError> {
+    pub async fn refresh(&self, in_use: &[SecretProperties]) -> Result<Refreshed, StoreError> {
         let inner = &self.inner;
         let listing = inner.store.list().await.inspect_err(|e| inner.failed(e))?;
         let mut changes = Vec::new();
@@ -193,6 +203,8 @@ impl SecretCache {
                 }
             }
         }
+        // Decide from the listing alone; then fetch what moved, a few at a time.
+        let mut to_fetch = Vec::new();
         for held in in_use {
             let name = &held.name;
             let key = Key::Latest(name.key());
@@ -213,28 +225,9 @@ impl SecretCache {
                         if let Some(f) = cached {
                             inner.store_found(key, f.secret, f.fetched_wall);
                         }
-                        continue;
-                    }
-                    let known_version = known.version.clone();
-                    match inner.store.get(name).await {
-                        Ok(secret) => {
-                            let changed = secret.properties.version != known_version;
-                            // Same version: keep the copy already served, so that inodes
-                            // holding it (weakly) still find it in memory.
-                            let keep = cached.filter(|_| !changed).map(|f| f.secret);
-                            inner.store_found(key, keep.unwrap_or(secret), SystemTime::now());
-                            if changed {
-                                changes.push(Change::Updated(name.clone()));
-                            }
-                        }
-                        Err(e) if e.is_definitive() => {
-                            inner.lock().entries.pop(&key);
-                            changes.push(Change::Gone(name.clone()));
-                        }
-                        Err(e) => {
-                            inner.failed(&e);
-                            return Err(e);
-                        }
+                    } else {
+                        let known_version = known.version.clone();
+                        to_fetch.push((name.clone(), known_version, cached));
                     }
                 }
                 // Deleted or disabled: the next lookup asks Key Vault and gets 404 or 403.
@@ -244,7 +237,37 @@ impl SecretCache {
                 }
             }
         }
-        Ok(changes)
+        let mut fetched = futures::stream::iter(to_fetch)
+            .map(|(name, known_version, cached)| async move {
+                let result = inner.store.get(&name).await;
+                (name, known_version, cached, result)
+            })
+            .buffer_unordered(REFRESH_CONCURRENCY);
+        let mut failure = None;
+        while let Some((name, known_version, cached, result)) = fetched.next().await {
+            let key = Key::Latest(name.key());
+            match result {
+                Ok(secret) => {
+                    let changed = secret.properties.version != known_version;
+                    // Same version: keep the copy already served, so that inodes holding it
+                    // (weakly) still find it in memory.
+                    let keep = cached.filter(|_| !changed).map(|f| f.secret);
+                    inner.store_found(key, keep.unwrap_or(secret), SystemTime::now());
+                    if changed {
+                        changes.push(Change::Updated(name));
+                    }
+                }
+                Err(e) if e.is_definitive() => {
+                    inner.lock().entries.pop(&key);
+                    changes.push(Change::Gone(name));
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        if let Some(e) = &failure {
+            inner.failed(e);
+        }
+        Ok(Refreshed { changes, failure })
     }
 }
 

@@ -9,12 +9,36 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use azure_core::credentials::TokenCredential;
+
+use crate::auth::KEY_VAULT_SCOPE;
 use crate::fs::SecretFs;
+
+/// How often the token is asked for in the background. The credential answers from its cache
+/// and renews the token only within 5 minutes of its expiry, so this costs a token request
+/// about once per token lifetime, made here rather than by a reader.
+const TOKEN_CHECK: Duration = Duration::from_secs(60);
 
 /// The refresh period for a cache TTL: early enough that secrets in use never expire on the
 /// read path, and a change is seen within one TTL.
 pub fn period_for(ttl: Duration) -> Duration {
     ttl.mul_f64(0.8).max(Duration::from_millis(100))
+}
+
+/// Keeps the credential's token fresh, so that no read ever waits on the identity endpoint
+/// (IMDS can take 100 s to fail) and an identity outage near expiry shows in the log first.
+pub async fn keep_token_warm(credential: Arc<dyn TokenCredential>, limit: Duration) {
+    loop {
+        tokio::time::sleep(TOKEN_CHECK).await;
+        match tokio::time::timeout(limit, credential.get_token(&[KEY_VAULT_SCOPE], None)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                let err = crate::store::keyvault::classify(e);
+                tracing::warn!(error = %err, "background token renewal failed; the current token is used while valid");
+            }
+            Err(_) => tracing::warn!(?limit, "background token renewal got no answer"),
+        }
+    }
 }
 
 pub async fn run(fs: Arc<SecretFs>, period: Duration) {
@@ -27,20 +51,26 @@ pub async fn run(fs: Arc<SecretFs>, period: Duration) {
             delay = period;
             continue;
         }
-        match fs.cache().refresh(&in_use).await {
-            Ok(changes) => {
-                if !changes.is_empty() {
+        let failure = match fs.cache().refresh(&in_use).await {
+            Ok(refreshed) => {
+                if !refreshed.changes.is_empty() {
                     tracing::info!(
-                        changed = changes.len(),
+                        changed = refreshed.changes.len(),
                         in_use = in_use.len(),
                         "refresh found changes"
                     );
                 }
-                apply(&fs, changes).await;
+                apply(&fs, refreshed.changes).await;
+                refreshed.failure
+            }
+            Err(err) => Some(err),
+        };
+        match failure {
+            None => {
                 delay = period;
                 backoff = Duration::from_secs(1);
             }
-            Err(err) => {
+            Some(err) => {
                 tracing::warn!(error = %err, retry_in = ?backoff, "refresh failed; cached values are served stale meanwhile");
                 apply(&fs, fs.cache().outage(&in_use)).await;
                 delay = backoff.min(period);

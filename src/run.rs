@@ -272,6 +272,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     fs.set_invalidator(Box::new(KernelInvalidator(session.notifier())));
     let session = session.spawn().map_err(mount_error)?;
     let refresher = runtime.spawn(refresh::run(fs, refresh::period_for(o.cache_ttl)));
+    let token_keeper = runtime.spawn(refresh::keep_token_warm(credential, o.request_timeout));
     tracing::info!(mountpoint = %plan.mountpoint.display(), vault = %plan.vault_url, "mounted");
     let unmounted_outside = runtime.block_on(async {
         let session_ended = async {
@@ -285,6 +286,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         }
     });
     refresher.abort();
+    token_keeper.abort();
     if unmounted_outside {
         tracing::info!("unmounted from outside; exiting");
         return session.join().map_err(mount_error);

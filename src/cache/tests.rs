@@ -241,10 +241,18 @@ async fn refresh_gets_only_what_changed() {
     // Fetched within a second of being written: a listing cannot tell a second change in
     // that second apart, so the first refresh confirms each with a GET; later ones do not.
     std::thread::sleep(SAME_SECOND_WINDOW + Duration::from_millis(100));
-    let first = cache.refresh(&[a.clone(), b.clone()]).await.unwrap();
+    let first = cache
+        .refresh(&[a.clone(), b.clone()])
+        .await
+        .unwrap()
+        .changes;
     assert!(first.is_empty(), "{first:?}");
     let (gets, lists) = (store.gets(), store.lists());
-    let again = cache.refresh(&[a.clone(), b.clone()]).await.unwrap();
+    let again = cache
+        .refresh(&[a.clone(), b.clone()])
+        .await
+        .unwrap()
+        .changes;
     assert!(again.is_empty());
     assert_eq!(
         (store.gets(), store.lists()),
@@ -252,7 +260,7 @@ async fn refresh_gets_only_what_changed() {
         "one list, no GET"
     );
     store.put("a", "uno");
-    let changed = cache.refresh(&[a, b]).await.unwrap();
+    let changed = cache.refresh(&[a, b]).await.unwrap().changes;
     assert_eq!(changed, vec![Change::Updated(name("a"))]);
     assert_eq!(store.gets(), gets + 1);
     assert_eq!(
@@ -270,7 +278,7 @@ async fn refresh_reports_gone_and_appeared() {
     store.remove("a");
     store.set_enabled("c", false);
     store.put("e", "new");
-    let changes = cache.refresh(&[a, c]).await.unwrap();
+    let changes = cache.refresh(&[a, c]).await.unwrap().changes;
     assert!(changes.contains(&Change::Gone(name("a"))), "{changes:?}");
     assert!(changes.contains(&Change::Gone(name("c"))), "{changes:?}");
     assert!(
@@ -338,10 +346,45 @@ async fn an_unchanged_refresh_keeps_the_served_copy() {
     let changes = cache
         .refresh(std::slice::from_ref(&a.properties))
         .await
-        .unwrap();
+        .unwrap()
+        .changes;
     assert!(changes.is_empty());
     assert!(
         Arc::ptr_eq(&a, &cache.peek(&name("a")).unwrap()),
         "weak holders stay valid"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mass_rotation_is_fetched_concurrently_and_reported_whole() {
+    let store = Arc::new(MemoryStore::new());
+    let names: Vec<String> = (0..30).map(|i| format!("s{i}")).collect();
+    for n in &names {
+        store.put(n, "old");
+    }
+    let cache = SecretCache::new(
+        store.clone(),
+        CacheConfig {
+            capacity: NonZeroUsize::new(100).unwrap(),
+            ..config()
+        },
+    );
+    let mut held = Vec::new();
+    for n in &names {
+        held.push(cache.get(&name(n)).await.unwrap().properties.clone());
+    }
+    for n in &names {
+        store.put(n, "new");
+    }
+    // Each GET takes 1 s: 30 in series would take 30 s.
+    store.set_delay(Duration::from_secs(1));
+    let started = Instant::now();
+    let refreshed = cache.refresh(&held).await.unwrap();
+    assert!(refreshed.failure.is_none());
+    assert_eq!(refreshed.changes.len(), 30);
+    assert!(
+        started.elapsed() <= Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
     );
 }

@@ -264,7 +264,7 @@ fn in_place_rotation_keeps_one_inode_and_pins_open_handles() {
     f.store.put("api-key", "rotated");
     f._rt.block_on(async {
         let held = f.fs.in_use();
-        let changes = f.fs.cache().refresh(&held).await.unwrap();
+        let changes = f.fs.cache().refresh(&held).await.unwrap().changes;
         f.fs.apply(&changes);
     });
     let after = f.fs.open(ino).unwrap().expect("a handle");
