@@ -156,6 +156,8 @@ impl ReadData {
 /// Tells the kernel to forget a cached name, so that its next use asks again.
 pub trait Invalidate: Send + Sync {
     fn entry(&self, parent: u64, name: &str);
+    /// Forget the attributes of `ino` (in-place rotation changed its size and times).
+    fn attributes(&self, ino: u64);
 }
 
 /// One version as an inode holds it: its metadata always, its value only while the cache (or
@@ -439,8 +441,9 @@ impl SecretFs {
             let (Change::Updated(name) | Change::Gone(name) | Change::Appeared(name)) = change;
             if let (Change::Updated(_), Rotation::InPlace) = (change, self.config.rotation)
                 && let Some(current) = self.cache.peek(name)
+                && let Some(ino) = self.swap_in_place(current)
             {
-                self.swap_in_place(current);
+                invalidator.attributes(ino);
             }
             let mut spellings = self
                 .inodes()
@@ -456,17 +459,16 @@ impl SecretFs {
         }
     }
 
-    /// In-place rotation: the name's inode now holds `current`; files opened before keep
-    /// reading their handle's version.
-    fn swap_in_place(&self, current: Arc<Secret>) {
+    /// In-place rotation: the name's inode (returned) now holds `current`; files opened
+    /// before keep reading their handle's version.
+    fn swap_in_place(&self, current: Arc<Secret>) -> Option<u64> {
         let mut inodes = self.inodes();
         let key = (current.properties.name.key(), String::new());
-        let Some(&ino) = inodes.by_version.get(&key) else {
-            return;
-        };
+        let ino = *inodes.by_version.get(&key)?;
         if let Some(Node::File { held, .. }) = inodes.nodes.get_mut(&ino) {
             *held = Held::new(&current);
         }
+        Some(ino)
     }
 
     pub fn getattr(&self, ino: u64) -> FsResult<(FileAttr, Duration)> {

@@ -38,6 +38,16 @@ impl Invalidate for KernelInvalidator {
             tracing::warn!(name, error = %e, "kernel entry invalidation failed");
         }
     }
+
+    fn attributes(&self, ino: u64) {
+        // A negative offset invalidates the attributes only (there are no cached pages: the
+        // in-place mode reads with direct I/O).
+        if let Err(e) = self.0.inval_inode(INodeNo(ino), -1, 0)
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::warn!(ino, error = %e, "kernel attribute invalidation failed");
+        }
+    }
 }
 
 fn errno(op: &str, ino: u64, err: &FsError) -> Errno {

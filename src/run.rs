@@ -16,7 +16,7 @@ use crate::cache::{CacheConfig, SecretCache};
 use crate::cli::{DemoArgs, EmulatorArgs, IdentityArgs, MountArgs, MountOptions};
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::error::{Forbidden, StoreError};
-use crate::fs::{FsConfig, Rotation, SecretFs};
+use crate::fs::{FsConfig, SecretFs};
 use crate::fuse::{FuseAdapter, KernelInvalidator};
 use crate::refresh;
 use crate::store::keyvault::{KeyVaultConfig, KeyVaultStore, classify};
@@ -234,11 +234,9 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             dir_mode: o.dir_mode,
             rotation: o.rotation,
             entry_ttl: KERNEL_TTL,
-            // In place, an inode's size changes with the version: the kernel must ask.
-            attr_ttl: match o.rotation {
-                Rotation::NewInode => KERNEL_TTL,
-                Rotation::InPlace => Duration::ZERO,
-            },
+            // In place, an inode's size changes with the version: the refresh invalidates the
+            // attributes when it swaps the version in.
+            attr_ttl: KERNEL_TTL,
             negative_ttl: o.negative_ttl,
             request_timeout: o.request_timeout,
         },

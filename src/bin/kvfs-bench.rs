@@ -63,6 +63,10 @@ struct Cli {
     /// Run only these scenarios (the JSON then lacks the others' rows).
     #[arg(long, value_name = "SCENARIO", value_delimiter = ',', value_parser = SCENARIOS.map(|(name, _)| name))]
     only: Vec<String>,
+
+    /// Rotation mode of every kvfs mounted (`kvfs mount --rotation`), to compare the modes.
+    #[arg(long, value_name = "MODE", default_value = "new-inode", value_parser = ["new-inode", "in-place"])]
+    rotation: String,
 }
 
 /// One part of the run; it adds rows and checks to the report.
@@ -221,6 +225,7 @@ impl Ctx {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    harness::set_rotation(&cli.rotation);
     match run(&cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {

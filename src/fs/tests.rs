@@ -18,6 +18,10 @@ impl Invalidate for Recorder {
     fn entry(&self, parent: u64, name: &str) {
         self.0.lock().unwrap().push(format!("{parent}/{name}"));
     }
+
+    fn attributes(&self, ino: u64) {
+        self.0.lock().unwrap().push(format!("attr {ino}"));
+    }
 }
 
 /// A filesystem over an in-memory store behind a cache with `ttl` (zero: every lookup asks).
@@ -274,6 +278,13 @@ fn in_place_rotation_keeps_one_inode_and_pins_open_handles() {
         b"rotated"
     );
     assert_eq!(f.fs.getattr(ino).unwrap().0.size, 7);
+    assert!(
+        f.invalidated
+            .lock()
+            .unwrap()
+            .contains(&format!("attr {ino}")),
+        "the kernel forgets the old size"
+    );
     assert_eq!(f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0, ino);
     f.fs.release(before);
     assert_eq!(

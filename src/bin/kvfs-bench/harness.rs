@@ -224,7 +224,15 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The arguments that point kvfs at `emu`: it never asks anything but the emulator.
+/// The `--rotation` every kvfs of this run is mounted with, set once from the command line.
+static ROTATION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn set_rotation(mode: &str) {
+    let _ = ROTATION.set(mode.to_owned());
+}
+
+/// The arguments that point kvfs at `emu` (it never asks anything but the emulator), and the
+/// run's rotation mode.
 pub fn emulator_args(emu: &Emulator) -> Vec<String> {
     vec![
         "--vault-url".into(),
@@ -234,6 +242,11 @@ pub fn emulator_args(emu: &Emulator) -> Vec<String> {
         "--imds-endpoint".into(),
         emu.imds_endpoint(),
         "--disable-challenge-resource-verification".into(),
+        "--rotation".into(),
+        ROTATION
+            .get()
+            .map_or("new-inode", String::as_str)
+            .to_owned(),
     ]
 }
 
