@@ -144,6 +144,17 @@ impl std::fmt::Debug for ReadData {
 }
 
 impl ReadData {
+    /// `size` bytes at `offset`, clamped to the value: past the end is an empty read.
+    fn new(secret: Arc<Secret>, offset: u64, size: u32) -> Self {
+        let len = secret.value.len();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
+        let end = start.saturating_add(size as usize).min(len);
+        Self {
+            secret,
+            range: start..end,
+        }
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         self.secret
             .value
@@ -495,15 +506,27 @@ impl SecretFs {
     /// The value of `ino`'s version: from memory while the cache holds it, else fetched again
     /// by its exact version (so it is the same bytes, never a newer version).
     fn secret(&self, ino: u64) -> FsResult<Arc<Secret>> {
-        let properties = match self.inodes().nodes.get(&ino) {
-            Some(Node::File { held, .. }) => match held.value.upgrade() {
-                Some(secret) => return Ok(secret),
-                None => held.properties.clone(),
-            },
-            Some(Node::VersionsOf { .. }) => return Err(FsError::IsDir),
-            None if ino == ROOT || ino == VERSIONS => return Err(FsError::IsDir),
-            None => return Err(FsError::NotFound),
-        };
+        match self.in_memory(ino)? {
+            Ok(secret) => Ok(secret),
+            Err(properties) => self.refetch(ino, &properties),
+        }
+    }
+
+    /// `ino`'s value if it is in memory, else the properties to fetch it again by.
+    fn in_memory(&self, ino: u64) -> FsResult<Result<Arc<Secret>, SecretProperties>> {
+        match self.inodes().nodes.get(&ino) {
+            Some(Node::File { held, .. }) => {
+                Ok(held.value.upgrade().ok_or_else(|| held.properties.clone()))
+            }
+            Some(Node::VersionsOf { .. }) => Err(FsError::IsDir),
+            None if ino == ROOT || ino == VERSIONS => Err(FsError::IsDir),
+            None => Err(FsError::NotFound),
+        }
+    }
+
+    /// Fetches an evicted value again by its exact version, so it is the same bytes, never a
+    /// newer version.
+    fn refetch(&self, ino: u64, properties: &SecretProperties) -> FsResult<Arc<Secret>> {
         let name = &properties.name;
         let secret = match &properties.version {
             Some(version) => self.wait(self.cache.get_version(name, version))?,
@@ -537,21 +560,10 @@ impl SecretFs {
         }
     }
 
-    /// Whether a read of `ino` through `handle` must fetch the value first (it was evicted
-    /// from the cache): such a read belongs off the FUSE threads.
-    pub fn read_would_wait(&self, ino: u64, handle: u64) -> bool {
-        if self
-            .handles
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(&handle)
-        {
-            return false;
-        }
-        matches!(
-            self.inodes().nodes.get(&ino),
-            Some(Node::File { held, .. }) if held.value.strong_count() == 0
-        )
+    /// Whether `ino`'s value was evicted and must be fetched before an in-place open can pin
+    /// it: such an open belongs off the FUSE threads.
+    pub fn value_evicted(&self, ino: u64) -> bool {
+        matches!(self.in_memory(ino), Ok(Err(_)))
     }
 
     pub fn release(&self, handle: u64) {
@@ -564,23 +576,38 @@ impl SecretFs {
     /// Reads `size` bytes at `offset` of the version `handle` pinned (or the inode's own),
     /// clamped to the value: past the end is an empty read.
     pub fn read(&self, ino: u64, handle: u64, offset: u64, size: u32) -> FsResult<ReadData> {
-        let pinned = self
-            .handles
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&handle)
-            .cloned();
-        let secret = match pinned {
+        let secret = match self.pinned(handle) {
             Some(secret) => secret,
             None => self.secret(ino)?,
         };
-        let len = secret.value.len();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
-        let end = start.saturating_add(size as usize).min(len);
-        Ok(ReadData {
-            secret,
-            range: start..end,
-        })
+        Ok(ReadData::new(secret, offset, size))
+    }
+
+    /// `read` without waiting: `Ok(None)` when the value was evicted and must be fetched first,
+    /// which is `read`'s work, off the FUSE threads.
+    pub fn read_now(
+        &self,
+        ino: u64,
+        handle: u64,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Option<ReadData>> {
+        let secret = match self.pinned(handle) {
+            Some(secret) => secret,
+            None => match self.in_memory(ino)? {
+                Ok(secret) => secret,
+                Err(_) => return Ok(None),
+            },
+        };
+        Ok(Some(ReadData::new(secret, offset, size)))
+    }
+
+    fn pinned(&self, handle: u64) -> Option<Arc<Secret>> {
+        self.handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&handle)
+            .cloned()
     }
 
     /// Opens a directory. Returns whether the kernel may keep the entries it cached at the

@@ -147,7 +147,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if self.fs.read_would_wait(ino.0, 0) {
+        if self.fs.value_evicted(ino.0) {
             let fs = self.fs.clone();
             // In place, an open pins the value, which may have to be fetched again first.
             self.fs
@@ -183,14 +183,16 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        if self.fs.read_would_wait(ino.0, fh.0) {
-            let fs = self.fs.clone();
-            // The value was evicted and is fetched again by version: off the FUSE threads.
-            self.fs
-                .runtime()
-                .spawn_blocking(move || read(&fs, ino.0, fh.0, offset, size, reply));
-        } else {
-            read(&self.fs, ino.0, fh.0, offset, size, reply);
+        match self.fs.read_now(ino.0, fh.0, offset, size) {
+            Ok(Some(data)) => reply.data(data.as_bytes()),
+            Ok(None) => {
+                let fs = self.fs.clone();
+                // The value was evicted and is fetched again by version: off the FUSE threads.
+                self.fs
+                    .runtime()
+                    .spawn_blocking(move || read(&fs, ino.0, fh.0, offset, size, reply));
+            }
+            Err(err) => reply.error(errno("read", ino.0, &err)),
         }
     }
 
