@@ -3,7 +3,8 @@
 //! Reading order: `cli` (flags) -> `run` (startup, mount, shutdown) -> `fuse` (thin fuser
 //! adapter) -> `fs` (inodes, attributes, listings as plain Results) -> `cache` (LRU, TTLs,
 //! single flight, stale serving; `refresh` keeps secrets in use fresh) -> `store` (the `SecretStore` seam; Key Vault and in-memory) -> `auth` and
-//! `transport` (identity and the one HTTP client). `emulator` is a Key Vault for tests and demos.
+//! `transport` (identity and the one HTTP client). `emulator` is a Key Vault for tests and demos;
+//! `testing` holds what the integration tests and the benchmark share.
 
 pub mod auth;
 pub mod cache;
@@ -16,4 +17,5 @@ pub mod refresh;
 pub mod run;
 pub mod secret;
 pub mod store;
+pub mod testing;
 pub mod transport;

@@ -95,16 +95,7 @@ impl TestEnv {
 /// `kvfs` with no Azure variables inherited and debug logs for the FUSE boundary.
 pub fn kvfs_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvfs"));
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().to_string();
-        if key.starts_with("AZURE_")
-            || key.starts_with("KVFS_")
-            || key.starts_with("IDENTITY_")
-            || key.starts_with("MSI_")
-        {
-            cmd.env_remove(&key);
-        }
-    }
+    kvfs::testing::scrub_env(&mut cmd);
     cmd.env(
         "KVFS_LOG",
         "debug,azure_core=info,typespec_client_core=info,hyper=info,rustls=info,reqwest=info",
@@ -145,11 +136,7 @@ impl Mount {
                 let stderr = std::fs::read_to_string(&mount.log_path).unwrap_or_default();
                 panic!("kvfs exited before mounting ({status}): {stderr}");
             }
-            // statfs too: a dead earlier mount still stats from the kernel's cache, but its
-            // statfs fails (ENOTCONN). statfs costs kvfs no Key Vault request.
-            if std::fs::metadata(&mount.path).is_ok_and(|m| m.dev() != parent_dev)
-                && statfs_ok(&mount.path)
-            {
+            if kvfs::testing::mount_is_up(&mount.path, parent_dev) {
                 return mount;
             }
             assert!(
@@ -196,21 +183,8 @@ pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::E
     }
 }
 
-fn statfs_ok(path: &Path) -> bool {
-    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
-    // SAFETY: a valid path and a zeroed statfs buffer that the call fills.
-    unsafe {
-        let mut buf: libc::statfs = std::mem::zeroed();
-        libc::statfs(p.as_ptr(), &mut buf) == 0
-    }
-}
-
 pub fn is_mounted(path: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let p = path.display().to_string();
-    mounts
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+    kvfs::testing::is_mounted(path)
 }
 
 impl Drop for Mount {
@@ -242,18 +216,12 @@ impl Drop for Mount {
 /// Tests must not be able to reach anything but loopback. In CI (CI=true) they refuse to run
 /// outside a loopback-only network namespace; and a FUSE test there fails, never skips.
 pub fn require_loopback_only() {
-    // /proc/net/dev follows this process's network namespace (/sys/class/net may not).
-    let interfaces: Vec<String> = std::fs::read_to_string("/proc/net/dev")
-        .unwrap_or_default()
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split(':').next().map(|i| i.trim().to_owned()))
-        .collect();
-    let only_loopback = interfaces.iter().all(|i| i == "lo");
+    let others = kvfs::testing::non_loopback_interfaces();
+    let only_loopback = others.is_empty();
     assert!(
         only_loopback || std::env::var_os("KVFS_TEST_ALLOW_NETWORK").is_some(),
         "the suite must run in a loopback-only network namespace: use `scripts/loopback-only cargo test` \
-         (interfaces here: {interfaces:?})"
+         (other interfaces here: {others:?})"
     );
     assert!(
         Path::new("/dev/fuse").exists(),

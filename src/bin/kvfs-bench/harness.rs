@@ -4,7 +4,6 @@
 //! Every guard undoes itself on Drop, so an error or a panic in the middle of a row still stops
 //! kvfs and unmounts everything before the temporary directory is removed.
 
-use std::ffi::CString;
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -87,19 +86,13 @@ pub fn sleep(d: Duration) -> Result<()> {
 /// Refuses to run unless this process sees only the loopback interface, as inside
 /// `scripts/loopback-only`: then nothing it starts can reach 169.254.169.254 or any other host.
 pub fn require_loopback_only() -> Result<()> {
-    // /proc/net/dev follows this process's network namespace (/sys/class/net may not).
-    let dev = std::fs::read_to_string("/proc/net/dev").context("reading /proc/net/dev")?;
-    let interfaces: Vec<&str> = dev
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split(':').next().map(str::trim))
-        .collect();
-    if interfaces.iter().any(|i| *i != "lo") {
+    let others = kvfs::testing::non_loopback_interfaces();
+    if !others.is_empty() {
         return Err(Error(format!(
             "refusing to run: this network namespace has interfaces other than loopback ({}). \
              Run the benchmark inside a loopback-only namespace: \
              scripts/loopback-only cargo run --release --bin kvfs-bench -- --out target/bench",
-            interfaces.join(", ")
+            others.join(", ")
         )));
     }
     // SAFETY: geteuid cannot fail and touches no memory.
@@ -158,22 +151,7 @@ pub fn loadavg() -> String {
 }
 
 pub fn is_mounted(path: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let p = path.display().to_string();
-    mounts
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
-}
-
-fn statfs_ok(path: &Path) -> bool {
-    let Ok(p) = CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: a valid C path and a zeroed statfs buffer that the call fills.
-    unsafe {
-        let mut buf: libc::statfs = std::mem::zeroed();
-        libc::statfs(p.as_ptr(), &mut buf) == 0
-    }
+    kvfs::testing::is_mounted(path)
 }
 
 /// A directory to mount on, created fresh.
@@ -273,15 +251,7 @@ impl KvfsMount {
             std::fs::File::create(&log_path).context(format!("creating {}", log_path.display()))?;
         let mut cmd = Command::new(kvfs);
         cmd.arg("mount").arg(&path).args(args);
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy().to_string();
-            let inherited_setting = ["AZURE_", "KVFS_", "IDENTITY_", "MSI_"]
-                .iter()
-                .any(|prefix| key.starts_with(prefix));
-            if inherited_setting {
-                cmd.env_remove(&key);
-            }
-        }
+        kvfs::testing::scrub_env(&mut cmd);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent. If the
         // benchmark dies, kvfs gets SIGTERM and unmounts.
@@ -309,11 +279,8 @@ impl KvfsMount {
         Ok(mount)
     }
 
-    /// Mounted = the mountpoint's device differs from its parent's AND statfs succeeds (a dead
-    /// earlier mount still stats from the kernel's cache, but its statfs fails).
     pub fn is_up(&self) -> bool {
-        std::fs::metadata(&self.path).is_ok_and(|m| m.dev() != self.parent_dev)
-            && statfs_ok(&self.path)
+        kvfs::testing::mount_is_up(&self.path, self.parent_dev)
     }
 
     pub fn wait_mounted(&mut self, limit: Duration) -> Result<()> {

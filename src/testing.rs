@@ -1,0 +1,61 @@
+//! Helpers shared by the integration tests and the benchmark, which both run the real `kvfs`
+//! binary against the bundled emulator: the loopback-only guard, a clean environment for the
+//! child, and how to tell that a mount is up.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+/// Environment variables a child kvfs must not inherit: they would select another identity
+/// source or change its flags behind the test's back.
+const INHERITED_SETTINGS: [&str; 4] = ["AZURE_", "KVFS_", "IDENTITY_", "MSI_"];
+
+/// The network interfaces of this process's namespace other than loopback. Empty inside
+/// `scripts/loopback-only`, where nothing can reach 169.254.169.254 or any other host.
+pub fn non_loopback_interfaces() -> Vec<String> {
+    // /proc/net/dev follows this process's network namespace (/sys/class/net may not).
+    std::fs::read_to_string("/proc/net/dev")
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|i| i.trim().to_owned()))
+        .filter(|i| i != "lo")
+        .collect()
+}
+
+/// Removes every inherited Azure, identity and kvfs setting from `cmd`'s environment.
+pub fn scrub_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if INHERITED_SETTINGS.iter().any(|p| key.starts_with(p)) {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+}
+
+/// Whether `path` is a mount point in this process's mount namespace.
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let p = path.display().to_string();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+}
+
+/// Whether a filesystem other than `parent_dev`'s is mounted on `path` and answering. statfs
+/// too, not only stat: a dead earlier mount still stats from the kernel's cache, but its
+/// statfs fails (ENOTCONN). statfs costs kvfs no Key Vault request.
+pub fn mount_is_up(path: &Path, parent_dev: u64) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.dev() != parent_dev) && statfs_ok(path)
+}
+
+fn statfs_ok(path: &Path) -> bool {
+    let Ok(p) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid C path and a zeroed statfs buffer that the call fills.
+    unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(p.as_ptr(), &mut buf) == 0
+    }
+}
