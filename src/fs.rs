@@ -4,10 +4,12 @@
 //! and `fuse.rs` only translates. Shape of the tree: the root directory holds one regular file
 //! per enabled secret.
 //!
-//! Inodes are per *version*: a lookup that finds a new version of a secret gets a new inode,
-//! and an old inode keeps its value readable until the kernel forgets it. So a file descriptor
-//! never sees its content change under it, and an inode's attributes never change, which lets
-//! the kernel cache them and its pages for long.
+//! Inodes are per *version* (the default `Rotation::NewInode`): a lookup that finds a new
+//! version of a secret gets a new inode, and an old inode stays readable until the kernel
+//! forgets it. So a file descriptor never sees its content change under it, and an inode's
+//! attributes never change, which lets the kernel cache them and its pages for long. With
+//! `Rotation::InPlace` a name keeps one inode and each open handle pins a version instead.
+//! `.versions/<name>/<version>` exposes every version as a file of its own.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;

@@ -2,9 +2,11 @@
 //!
 //! Reading order: `cli` (flags) -> `run` (startup, mount, shutdown) -> `fuse` (thin fuser
 //! adapter) -> `fs` (inodes, attributes, listings as plain Results) -> `cache` (LRU, TTLs,
-//! single flight, stale serving; `refresh` keeps secrets in use fresh) -> `store` (the `SecretStore` seam; Key Vault and in-memory) -> `auth` and
-//! `transport` (identity and the one HTTP client). `emulator` is a Key Vault for tests and demos;
-//! `testing` holds what the integration tests and the benchmark share.
+//! single flight, stale serving) and `refresh` (keeps secrets in use fresh, pushes changes to
+//! the kernel) -> `store` (the `SecretStore` seam: Key Vault, in-memory, retries) -> `auth` and
+//! `transport` (identity and the one HTTP client). `secret` and `error` are the types all of
+//! them share. `emulator` is a Key Vault for tests and demos; `testing` holds what the
+//! integration tests and the benchmark share.
 
 pub mod auth;
 pub mod cache;
