@@ -81,6 +81,18 @@ struct Found {
     stale_since: Option<SystemTime>,
 }
 
+impl Found {
+    /// A copy just validated; `fetched_wall` is when it was fetched from Key Vault.
+    fn fresh(secret: Arc<Secret>, fetched_wall: SystemTime) -> Entry {
+        Entry::Found(Found {
+            secret,
+            validated: Instant::now(),
+            fetched_wall,
+            stale_since: None,
+        })
+    }
+}
+
 /// What a refresh did: the changes it found (to push to the kernel even when part of it
 /// failed, since the cache already holds them) and the transient failure that cut it short.
 #[derive(Debug)]
@@ -110,6 +122,15 @@ struct State {
     outage_backoff: Duration,
     /// The failure that opened the current outage window: misses fail fast with it meanwhile.
     outage_error: Option<StoreError>,
+}
+
+impl State {
+    /// Key Vault answered: the outage window, if any, is over.
+    fn recovered(&mut self) {
+        self.outage_until = None;
+        self.outage_backoff = OUTAGE_BACKOFF;
+        self.outage_error = None;
+    }
 }
 
 struct Inner {
@@ -183,9 +204,7 @@ impl SecretCache {
         let mut changes = Vec::new();
         let previous = {
             let mut state = inner.lock();
-            state.outage_until = None;
-            state.outage_backoff = OUTAGE_BACKOFF;
-            state.outage_error = None;
+            state.recovered();
             state.listing.replace((listing.clone(), Instant::now()))
         };
         let listed: HashMap<String, &SecretProperties> =
@@ -269,9 +288,7 @@ impl SecretCache {
         }
         Ok(Refreshed { changes, failure })
     }
-}
 
-impl SecretCache {
     /// After a failed refresh: secrets in use past their TTL are marked stale (the kernel still
     /// serves them from its caches), and those past `max_stale` are dropped and reported gone,
     /// so that the kernel asks again and the reader gets the error instead of an old value.
@@ -304,15 +321,9 @@ impl Inner {
     }
 
     fn store_found(&self, key: Key, secret: Arc<Secret>, fetched_wall: SystemTime) {
-        self.lock().entries.put(
-            key,
-            Entry::Found(Found {
-                secret,
-                validated: Instant::now(),
-                fetched_wall,
-                stale_since: None,
-            }),
-        );
+        self.lock()
+            .entries
+            .put(key, Found::fresh(secret, fetched_wall));
     }
 
     /// Notes a transient failure: for a window (1 s, doubling per window that ends in another
@@ -389,18 +400,10 @@ impl Inner {
         state.fetching.remove(&key);
         match result {
             Ok(secret) => {
-                state.outage_until = None;
-                state.outage_backoff = OUTAGE_BACKOFF;
-                state.outage_error = None;
-                state.entries.put(
-                    key,
-                    Entry::Found(Found {
-                        secret: secret.clone(),
-                        validated: now,
-                        fetched_wall: SystemTime::now(),
-                        stale_since: None,
-                    }),
-                );
+                state.recovered();
+                state
+                    .entries
+                    .put(key, Found::fresh(secret.clone(), SystemTime::now()));
                 Ok(secret)
             }
             Err(StoreError::NotFound) => {
@@ -411,10 +414,7 @@ impl Inner {
                 state.entries.put(key, Entry::Denied { at: now, why });
                 Err(StoreError::Forbidden(why))
             }
-            Err(e) if e.is_definitive() => {
-                state.entries.pop(&key);
-                Err(e)
-            }
+            // Only transient failures are left (404 and 403 are all the definitive answers).
             Err(e) => match state.entries.get_mut(&key) {
                 Some(Entry::Found(f))
                     if now.duration_since(f.validated) < self.config.max_stale =>
