@@ -208,16 +208,26 @@ struct Inodes {
     /// name key -> `.versions/<name>` inode.
     versions_of: HashMap<String, u64>,
     /// name key -> every spelling the kernel looked up (names are case-insensitive, dentries
-    /// are not), so that an invalidation reaches each of them.
-    spellings: HashMap<String, BTreeSet<String>>,
+    /// are not), so that an invalidation reaches each of them. Kept only while a file inode of
+    /// the name lives: a dentry needs its inode, and so the map cannot grow without bound
+    /// however many spellings are tried.
+    spellings: HashMap<String, Spellings>,
 }
 
-impl Inodes {
-    fn allocate(&mut self) -> u64 {
-        let ino = self.next;
-        self.next += 1;
+#[derive(Default)]
+struct Spellings {
+    names: BTreeSet<String>,
+    /// File inodes of this name the kernel holds.
+    inodes: usize,
+}
+
+/// The inode for `key` in `map`, allocated from `next` if there is none yet.
+fn ino_for<K: std::hash::Hash + Eq>(next: &mut u64, map: &mut HashMap<K, u64>, key: K) -> u64 {
+    *map.entry(key).or_insert_with(|| {
+        let ino = *next;
+        *next += 1;
         ino
-    }
+    })
 }
 
 pub struct SecretFs {
@@ -300,8 +310,11 @@ impl SecretFs {
             ROOT => {
                 let name = parse_name(name)?;
                 let secret = self.wait(self.cache.get(&name))?;
-                self.remember_spelling(&name);
-                self.remember(secret, self.config.rotation == Rotation::InPlace)
+                self.remember(
+                    secret,
+                    Some(&name),
+                    self.config.rotation == Rotation::InPlace,
+                )
             }
             VERSIONS => {
                 let name = parse_name(name)?;
@@ -323,7 +336,7 @@ impl SecretFs {
                     .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
                     .ok_or(FsError::InvalidName)?;
                 let secret = self.wait(self.cache.get_version(&of, version))?;
-                self.remember(secret, false)
+                self.remember(secret, None, false)
             }
         };
         Ok(Entry {
@@ -333,34 +346,34 @@ impl SecretFs {
         })
     }
 
-    fn remember_spelling(&self, name: &SecretName) {
-        self.inodes()
-            .spellings
-            .entry(name.key())
-            .or_default()
-            .insert(name.as_str().to_owned());
-    }
-
-    /// Gives the inode for this exact version (new or existing) one more kernel reference.
-    /// With `per_name`, the inode is the name's one inode, now holding this version.
-    fn remember(&self, secret: Arc<Secret>, per_name: bool) -> FileAttr {
+    /// Gives the inode for this exact version (new or existing) one more kernel reference,
+    /// and remembers the spelling it was looked up by, if any. With `per_name`, the inode is
+    /// the name's one inode, now holding this version.
+    fn remember(
+        &self,
+        secret: Arc<Secret>,
+        spelling: Option<&SecretName>,
+        per_name: bool,
+    ) -> FileAttr {
+        let name_key = secret.properties.name.key();
         let key = if per_name {
-            (secret.properties.name.key(), String::new())
+            (name_key.clone(), String::new())
         } else {
             version_key(&secret.properties)
         };
-        let mut inodes = self.inodes();
-        let ino = match inodes.by_version.get(&key) {
-            Some(&ino) => ino,
-            None => {
-                let ino = inodes.allocate();
-                inodes.by_version.insert(key, ino);
-                ino
+        let mut guard = self.inodes();
+        let inodes = &mut *guard;
+        let ino = ino_for(&mut inodes.next, &mut inodes.by_version, key);
+        let spellings = inodes.spellings.entry(name_key).or_default();
+        if let Some(spelling) = spelling {
+            spellings.names.insert(spelling.as_str().to_owned());
+        }
+        let node = inodes.nodes.entry(ino).or_insert_with(|| {
+            spellings.inodes += 1;
+            Node::File {
+                held: Held::new(&secret),
+                lookups: 0,
             }
-        };
-        let node = inodes.nodes.entry(ino).or_insert(Node::File {
-            held: Held::new(&secret),
-            lookups: 0,
         });
         match node {
             Node::File { held, lookups } => {
@@ -380,15 +393,9 @@ impl SecretFs {
     }
 
     fn remember_versions_dir(&self, name: SecretName) -> FileAttr {
-        let mut inodes = self.inodes();
-        let ino = match inodes.versions_of.get(&name.key()) {
-            Some(&ino) => ino,
-            None => {
-                let ino = inodes.allocate();
-                inodes.versions_of.insert(name.key(), ino);
-                ino
-            }
-        };
+        let mut guard = self.inodes();
+        let inodes = &mut *guard;
+        let ino = ino_for(&mut inodes.next, &mut inodes.versions_of, name.key());
         match inodes
             .nodes
             .entry(ino)
@@ -412,11 +419,18 @@ impl SecretFs {
         }
         match inodes.nodes.remove(&ino) {
             Some(Node::File { held, .. }) => {
-                let per_name = (held.properties.name.key(), String::new());
+                let name_key = held.properties.name.key();
+                let per_name = (name_key.clone(), String::new());
                 if inodes.by_version.get(&per_name) == Some(&ino) {
                     inodes.by_version.remove(&per_name);
                 } else {
                     inodes.by_version.remove(&version_key(&held.properties));
+                }
+                if let Some(spellings) = inodes.spellings.get_mut(&name_key) {
+                    spellings.inodes = spellings.inodes.saturating_sub(1);
+                    if spellings.inodes == 0 {
+                        inodes.spellings.remove(&name_key);
+                    }
                 }
             }
             Some(Node::VersionsOf { name, .. }) => {
@@ -462,7 +476,7 @@ impl SecretFs {
                 .inodes()
                 .spellings
                 .get(&name.key())
-                .cloned()
+                .map(|s| s.names.clone())
                 .unwrap_or_default();
             spellings.insert(name.as_str().to_owned());
             for spelling in spellings {

@@ -320,3 +320,18 @@ fn refresh_changes_invalidate_every_spelling() {
     assert_eq!(got, ["1/API-Key", "1/api-key"]);
     assert_eq!(f.fs.in_use().len(), 1);
 }
+
+#[test]
+fn spellings_are_forgotten_with_the_last_inode_of_a_name() {
+    let f = fixture();
+    let ino = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
+    for spelling in ["API-KEY", "Api-Key", "aPi-kEy"] {
+        assert_eq!(f.fs.lookup(ROOT, &os(spelling)).unwrap().attr.ino.0, ino);
+    }
+    assert_eq!(f.fs.inodes().spellings["api-key"].names.len(), 4);
+    f.fs.forget(ino, 4);
+    assert!(
+        f.fs.inodes().spellings.is_empty(),
+        "no inode, no dentry: nothing left to invalidate"
+    );
+}
