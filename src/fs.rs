@@ -441,21 +441,23 @@ impl SecretFs {
     }
 
     /// The newest version of every secret the kernel still holds: what a refresh revalidates.
+    /// Newest by `updated`, not by inode number: an old version opened later through
+    /// `.versions/` has a higher inode number.
     pub fn in_use(&self) -> Vec<SecretProperties> {
         let inodes = self.inodes();
-        let mut newest: HashMap<String, (u64, &SecretProperties)> = HashMap::new();
-        for (&ino, node) in &inodes.nodes {
+        let mut newest: HashMap<String, &SecretProperties> = HashMap::new();
+        for node in inodes.nodes.values() {
             if let Node::File { held, lookups } = node
                 && *lookups > 0
             {
                 let p = &held.properties;
-                let slot = newest.entry(p.name.key()).or_insert((ino, p));
-                if ino > slot.0 {
-                    *slot = (ino, p);
+                let slot = newest.entry(p.name.key()).or_insert(p);
+                if p.updated > slot.updated {
+                    *slot = p;
                 }
             }
         }
-        newest.into_values().map(|(_, p)| p.clone()).collect()
+        newest.into_values().cloned().collect()
     }
 
     /// Pushes what a refresh found to the kernel: each changed name is forgotten, so its next

@@ -335,3 +335,20 @@ fn spellings_are_forgotten_with_the_last_inode_of_a_name() {
         "no inode, no dentry: nothing left to invalidate"
     );
 }
+
+#[test]
+fn in_use_is_the_newest_version_even_when_an_older_one_was_opened_later() {
+    let f = fixture();
+    let first = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
+    let old_version = f.fs.properties(first).unwrap().version.unwrap();
+    f.fs.forget(first, 1);
+    std::thread::sleep(Duration::from_millis(5)); // `updated` must move
+    f.store.put("api-key", "rotated");
+    let current = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
+    let dir = f.fs.lookup(VERSIONS, &os("api-key")).unwrap().attr.ino.0;
+    let old = f.fs.lookup(dir, &os(&old_version)).unwrap().attr.ino.0;
+    assert!(old > current, "the old version has the higher inode number");
+    let held = f.fs.in_use();
+    assert_eq!(held.len(), 1);
+    assert_ne!(held[0].version.as_deref(), Some(old_version.as_str()));
+}
