@@ -13,7 +13,7 @@ use url::Url;
 
 use crate::auth::{self, AuthConfig, AuthMode, UserAssigned};
 use crate::cache::{CacheConfig, SecretCache};
-use crate::cli::{DemoArgs, EmulatorArgs, IdentityArgs, MountArgs, MountOptions};
+use crate::cli::{DemoArgs, EmulatorArgs, IdentityArgs, MountArgs, MountOptions, NetworkArgs};
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::error::{Forbidden, StoreError};
 use crate::fs::{FsConfig, SecretFs};
@@ -45,10 +45,8 @@ struct Plan {
     mountpoint: PathBuf,
     vault_url: Url,
     auth: AuthConfig,
+    network: NetworkArgs,
     options: MountOptions,
-    ca_file: Option<PathBuf>,
-    imds_endpoint: Option<Url>,
-    verify_challenge_resource: bool,
 }
 
 pub fn mount(args: MountArgs) -> Result<(), RunError> {
@@ -58,12 +56,10 @@ pub fn mount(args: MountArgs) -> Result<(), RunError> {
         mountpoint: args.mountpoint,
         vault_url: args.vault_url,
         auth,
-        ca_file: args.network.ca_file,
-        imds_endpoint: args.network.imds_endpoint,
-        verify_challenge_resource: !args.network.disable_challenge_resource_verification,
+        network: args.network,
         options: args.options,
     };
-    if let Some(endpoint) = &plan.imds_endpoint {
+    if let Some(endpoint) = &plan.network.imds_endpoint {
         tracing::warn!(%endpoint, "managed identity token requests are redirected (AZURE_POD_IDENTITY_AUTHORITY_HOST / --imds-endpoint)");
     }
     serve(&runtime, plan)
@@ -103,11 +99,14 @@ pub fn demo(args: DemoArgs) -> Result<(), RunError> {
             user_assigned: None,
             federated_token_file_set: false,
         },
-        ca_file: Some(emulator.ca_path().to_owned()),
-        imds_endpoint: Some(
-            Url::parse(&emulator.imds_endpoint()).map_err(|e| RunError::Emulator(e.to_string()))?,
-        ),
-        verify_challenge_resource: false,
+        network: NetworkArgs {
+            ca_file: Some(emulator.ca_path().to_owned()),
+            imds_endpoint: Some(
+                Url::parse(&emulator.imds_endpoint())
+                    .map_err(|e| RunError::Emulator(e.to_string()))?,
+            ),
+            disable_challenge_resource_verification: true,
+        },
         options: args.options,
     };
     eprintln!(
@@ -179,8 +178,8 @@ fn auth_config(args: &IdentityArgs) -> AuthConfig {
 fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> {
     let o = &plan.options;
     let transport = transport::build(&TransportConfig {
-        ca_file: plan.ca_file.clone(),
-        imds_endpoint: plan.imds_endpoint.clone(),
+        ca_file: plan.network.ca_file.clone(),
+        imds_endpoint: plan.network.imds_endpoint.clone(),
         connect_timeout: o.request_timeout.min(Duration::from_secs(5)),
         request_timeout: o.request_timeout,
     })
@@ -190,7 +189,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     let store = KeyVaultStore::new(
         &KeyVaultConfig {
             vault_url: plan.vault_url.to_string(),
-            verify_challenge_resource: plan.verify_challenge_resource,
+            verify_challenge_resource: !plan.network.disable_challenge_resource_verification,
         },
         credential.clone(),
         &transport,
