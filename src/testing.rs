@@ -4,7 +4,8 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 /// Environment variables a child kvfs must not inherit: they would select another identity
 /// source or change its flags behind the test's back.
@@ -57,5 +58,38 @@ fn statfs_ok(path: &Path) -> bool {
     unsafe {
         let mut buf: libc::statfs = std::mem::zeroed();
         libc::statfs(p.as_ptr(), &mut buf) == 0
+    }
+}
+
+/// Stops a kvfs child: SIGTERM (kvfs then unmounts and exits by itself), up to `limit` for it
+/// to exit, else SIGKILL and `None`.
+pub fn terminate(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Detaches whatever is still mounted on `path` (a kvfs that was killed leaves its mount).
+pub fn unmount_leftover(path: &Path) {
+    if is_mounted(path) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(path)
+            .status();
     }
 }

@@ -163,9 +163,8 @@ impl Mount {
     /// SIGTERM, then the exit status (kvfs must exit by itself within 10 s).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        wait_with_deadline(&mut child, Duration::from_secs(10))
+        kvfs::testing::terminate(&mut child, Duration::from_secs(10))
+            .expect("kvfs exits within 10 s of SIGTERM")
     }
 }
 
@@ -194,22 +193,9 @@ impl Drop for Mount {
             eprintln!("--- kvfs log ({}) ---\n{log}", self.path.display());
         }
         if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            kvfs::testing::terminate(&mut child, Duration::from_secs(10));
         }
-        if is_mounted(&self.path) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&self.path)
-                .status();
-        }
+        kvfs::testing::unmount_leftover(&self.path);
     }
 }
 

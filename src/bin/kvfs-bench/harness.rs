@@ -352,7 +352,7 @@ impl KvfsMount {
         let Some(mut child) = self.child.take() else {
             return Err(Error("kvfs was already stopped".into()));
         };
-        terminate(&mut child, Duration::from_secs(10)).ok_or_else(|| {
+        kvfs::testing::terminate(&mut child, Duration::from_secs(10)).ok_or_else(|| {
             Error(format!(
                 "kvfs did not exit within 10 s of SIGTERM; log: {}",
                 self.log_tail()
@@ -361,38 +361,11 @@ impl KvfsMount {
     }
 }
 
-/// SIGTERM, then wait up to `limit`; on timeout SIGKILL and None.
-fn terminate(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    if let Ok(Some(status)) = child.try_wait() {
-        return Some(status);
-    }
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
 impl Drop for KvfsMount {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            terminate(&mut child, Duration::from_secs(10));
+            kvfs::testing::terminate(&mut child, Duration::from_secs(10));
         }
-        if is_mounted(&self.path) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&self.path)
-                .status();
-        }
+        kvfs::testing::unmount_leftover(&self.path);
     }
 }
