@@ -1,7 +1,7 @@
 //! Command-line flags. Parsing has no side effects: it produces `MountArgs` and friends, and
 //! `run` turns them into a running mount. Every flag also reads an environment variable.
 
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -123,11 +123,17 @@ pub struct MountOptions {
     #[arg(long, value_name = "N", default_value = "1024", env = "KVFS_CACHE_CAPACITY", value_parser = parse_capacity, help_heading = "Cache")]
     pub cache_capacity: NonZeroUsize,
 
+    /// Most bytes of secret values held in memory at once (e.g. 64MiB); with --cache-capacity,
+    /// whichever binds first.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", env = "KVFS_CACHE_MAX_BYTES", value_parser = parse_size, help_heading = "Cache")]
+    pub cache_max_bytes: usize,
+
     /// How long a fetched secret is served before it is fetched again.
     #[arg(long, value_name = "DURATION", default_value = "5m", env = "KVFS_CACHE_TTL", value_parser = parse_duration, help_heading = "Cache")]
     pub cache_ttl: Duration,
 
-    /// How long a name Key Vault does not have (404) is remembered as absent.
+    /// How long a name Key Vault does not have is known absent: a name missing from a listing
+    /// this young costs no request, and new secrets are found within it.
     #[arg(long, value_name = "DURATION", default_value = "30s", env = "KVFS_NEGATIVE_TTL", value_parser = parse_duration, help_heading = "Cache")]
     pub negative_ttl: Duration,
 
@@ -175,6 +181,15 @@ pub struct MountOptions {
     /// Let users other than the one running kvfs use the mount (permissions still apply).
     #[arg(long, env = "KVFS_ALLOW_OTHER", help_heading = "Permissions")]
     pub allow_other: bool,
+
+    /// Key Vault requests per second this kvfs may send, all readers and refreshes together
+    /// (Key Vault allows 400/s per vault, shared by every node reading it).
+    #[arg(long, value_name = "N", default_value = "20", env = "KVFS_MAX_REQUEST_RATE", value_parser = parse_rate, help_heading = "Network")]
+    pub max_request_rate: NonZeroU32,
+
+    /// Requests that may go at once above --max-request-rate after a quiet time (a pod start).
+    #[arg(long, value_name = "N", default_value = "200", env = "KVFS_MAX_REQUEST_BURST", value_parser = parse_rate, help_heading = "Network")]
+    pub max_request_burst: NonZeroU32,
 
     /// Mount without first checking that a token can be had and the vault listed.
     #[arg(long, env = "KVFS_NO_STARTUP_CHECK", help_heading = "Mount")]
@@ -247,6 +262,21 @@ fn parse_capacity(s: &str) -> Result<NonZeroUsize, String> {
         .map_err(|_| "expected a whole number of secrets, at least 1".to_owned())
 }
 
+fn parse_size(s: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = s
+        .parse()
+        .map_err(|_| "expected a size like 64MiB, 512KiB or 1GiB".to_owned())?;
+    match usize::try_from(size.as_u64()) {
+        Ok(bytes) if bytes >= 64 * 1024 => Ok(bytes),
+        _ => Err("must be at least 64KiB, e.g. 64MiB".to_owned()),
+    }
+}
+
+fn parse_rate(s: &str) -> Result<NonZeroU32, String> {
+    s.parse::<NonZeroU32>()
+        .map_err(|_| "expected a whole number of requests, at least 1".to_owned())
+}
+
 fn parse_mode(s: &str) -> Result<u16, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     match u16::from_str_radix(digits, 8) {
@@ -300,5 +330,11 @@ mod tests {
         assert!(parse_vault_url("http://v.vault.azure.net").is_err());
         assert!(parse_vault_url("v.vault.azure.net").is_err());
         assert!(parse_capacity("0").is_err());
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert!(parse_size("1KiB").unwrap_err().contains("at least 64KiB"));
+        assert!(parse_size("lots").unwrap_err().contains("64MiB"));
+        assert!(parse_rate("0").is_err());
+        assert_eq!(parse_rate("40").unwrap().get(), 40);
     }
 }

@@ -52,6 +52,9 @@ pub enum StoreError {
     Credential { status: Option<u16>, detail: String },
     #[error("unexpected response: {0}")]
     Other(String),
+    /// Held back by kvfs's own request budget for longer than the request timeout.
+    #[error("held back by the request budget (--max-request-rate) for more than {0:?}")]
+    Budget(Duration),
 }
 
 impl StoreError {
@@ -66,7 +69,8 @@ impl StoreError {
             | Self::Tls(_)
             | Self::Connection(_)
             | Self::Credential { .. }
-            | Self::Other(_) => libc::EIO,
+            | Self::Other(_)
+            | Self::Budget(_) => libc::EIO,
         }
     }
 
@@ -81,7 +85,8 @@ impl StoreError {
             | Self::Tls(_)
             | Self::Connection(_)
             | Self::Credential { .. }
-            | Self::Other(_) => false,
+            | Self::Other(_)
+            | Self::Budget(_) => false,
         }
     }
 
@@ -134,6 +139,7 @@ mod tests {
                 libc::EIO,
             ),
             (StoreError::Other("x".into()), libc::EIO),
+            (StoreError::Budget(Duration::from_secs(1)), libc::EIO),
         ];
         for (err, errno) in rows {
             assert_eq!(err.errno(), errno, "{err:?}");

@@ -11,7 +11,7 @@
 //! `Rotation::InPlace` a name keeps one inode and each open handle pins a version instead.
 //! `.versions/<name>/<version>` exposes every version as a file of its own.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::future::Future;
 use std::ops::Range;
@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use fuser::{FileAttr, FileType, INodeNo};
 use tokio::runtime::Handle;
 
-use crate::cache::{Change, SecretCache};
+use crate::cache::{Change, Revoked, SecretCache};
 use crate::error::StoreError;
 use crate::secret::{Secret, SecretName, SecretProperties};
 use crate::store::{Listing, SecretStore};
@@ -38,6 +38,11 @@ const BLOCK_SIZE: u32 = 4096;
 const XATTR_PREFIX: &str = "user.kvfs.";
 /// How long the kernel may remember that a name Key Vault cannot hold does not exist.
 const INVALID_NAME_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long the kernel may keep a name looked up by another spelling than the vault's (names
+/// are case-insensitive, dentries are not). Only the vault's spelling is remembered and
+/// invalidated on change; other spellings expire by themselves, so no lookup pattern can make
+/// kvfs remember more spellings than the vault has names.
+const SPELLING_TTL: Duration = Duration::from_secs(1);
 
 /// How a new version reaches files the kernel already holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -171,6 +176,9 @@ pub trait Invalidate: Send + Sync {
     fn entry(&self, parent: u64, name: &str);
     /// Forget the attributes of `ino` (in-place rotation changed its size and times).
     fn attributes(&self, ino: u64);
+    /// Forget the cached pages and attributes of `ino` (its version was revoked), so that
+    /// even a file held open reads through kvfs, which refuses.
+    fn data(&self, ino: u64);
 }
 
 /// One version as an inode holds it: its metadata always, its value only while the cache (or
@@ -180,6 +188,8 @@ struct Held {
     properties: SecretProperties,
     size: u64,
     value: Weak<Secret>,
+    /// Set when Key Vault said this version is disabled or gone: reads get its error.
+    revoked: Option<Revoked>,
 }
 
 impl Held {
@@ -188,8 +198,19 @@ impl Held {
             properties: secret.properties.clone(),
             size: secret.value.len() as u64,
             value: Arc::downgrade(secret),
+            revoked: None,
         }
     }
+
+    fn version(&self) -> &str {
+        self.properties.version.as_deref().unwrap_or_default()
+    }
+}
+
+/// What an in-place open handle reads.
+enum Pinned {
+    Value(Arc<Secret>),
+    Revoked(Revoked),
 }
 
 enum Node {
@@ -203,26 +224,25 @@ enum Node {
 struct Inodes {
     next: u64,
     nodes: HashMap<u64, Node>,
-    /// (name key, version) -> file inode.
-    by_version: HashMap<(String, String), u64>,
+    /// (name key, version) -> file inode; version "" is a name's one inode in place. Ordered,
+    /// so that every inode of a name is one range.
+    by_version: BTreeMap<(String, String), u64>,
     /// name key -> `.versions/<name>` inode.
-    versions_of: HashMap<String, u64>,
-    /// name key -> every spelling the kernel looked up (names are case-insensitive, dentries
-    /// are not), so that an invalidation reaches each of them. Kept only while a file inode of
-    /// the name lives: a dentry needs its inode, and so the map cannot grow without bound
-    /// however many spellings are tried.
-    spellings: HashMap<String, Spellings>,
+    versions_of: BTreeMap<String, u64>,
 }
 
-#[derive(Default)]
-struct Spellings {
-    names: BTreeSet<String>,
-    /// File inodes of this name the kernel holds.
-    inodes: usize,
+impl Inodes {
+    /// The file inodes serving `name_key`, with their version keys.
+    fn of_name<'a>(&'a self, name_key: &'a str) -> impl Iterator<Item = (&'a str, u64)> + 'a {
+        self.by_version
+            .range((name_key.to_owned(), String::new())..)
+            .take_while(move |((n, _), _)| n == name_key)
+            .map(|((_, v), ino)| (v.as_str(), *ino))
+    }
 }
 
 /// The inode for `key` in `map`, allocated from `next` if there is none yet.
-fn ino_for<K: std::hash::Hash + Eq>(next: &mut u64, map: &mut HashMap<K, u64>, key: K) -> u64 {
+fn ino_for<K: Ord>(next: &mut u64, map: &mut BTreeMap<K, u64>, key: K) -> u64 {
     *map.entry(key).or_insert_with(|| {
         let ino = *next;
         *next += 1;
@@ -233,7 +253,11 @@ fn ino_for<K: std::hash::Hash + Eq>(next: &mut u64, map: &mut HashMap<K, u64>, k
 pub struct SecretFs {
     cache: SecretCache,
     /// In-place rotation: the version each open file handle reads.
-    handles: Mutex<HashMap<u64, Arc<Secret>>>,
+    handles: Mutex<HashMap<u64, Pinned>>,
+    /// Revocations learned on the read path, for the refresher to push to the kernel (a
+    /// lookup cannot invalidate a dentry of its own directory: the kernel holds its lock).
+    learned: Mutex<Vec<Change>>,
+    learned_signal: tokio::sync::Notify,
     next_handle: std::sync::atomic::AtomicU64,
     runtime: Handle,
     config: FsConfig,
@@ -251,6 +275,8 @@ impl SecretFs {
         Self {
             cache,
             handles: Mutex::new(HashMap::new()),
+            learned: Mutex::new(Vec::new()),
+            learned_signal: tokio::sync::Notify::new(),
             next_handle: std::sync::atomic::AtomicU64::new(1),
             runtime,
             config,
@@ -305,25 +331,27 @@ impl SecretFs {
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
-        let attr = match parent {
-            ROOT if name == VERSIONS_DIR => self.dir_attr(VERSIONS),
+        let (attr, listed_spelling) = match parent {
+            ROOT if name == VERSIONS_DIR => (self.dir_attr(VERSIONS), true),
             ROOT => {
                 let name = parse_name(name)?;
-                let secret = self.wait(self.cache.get(&name))?;
-                self.remember(
-                    secret,
-                    Some(&name),
-                    self.config.rotation == Rotation::InPlace,
-                )
+                let secret = self
+                    .wait(self.cache.get(&name))
+                    .inspect_err(|e| self.learn_gone(&name, None, e))?;
+                let listed = secret.properties.name.as_str() == name.as_str();
+                let per_name = self.config.rotation == Rotation::InPlace;
+                (self.remember(secret, per_name), listed)
             }
             VERSIONS => {
                 let name = parse_name(name)?;
                 // Exists when Key Vault lists versions for it (a disabled secret has some too).
                 // Some services answer an unknown name with an empty list rather than 404.
-                if self.wait(self.cache.list_versions(&name))?.is_empty() {
+                let versions = self.wait(self.cache.list_versions(&name))?;
+                let Some(first) = versions.first() else {
                     return Err(FsError::NotFound);
-                }
-                self.remember_versions_dir(name)
+                };
+                let listed = first.name.as_str() == name.as_str();
+                (self.remember_versions_dir(name), listed)
             }
             other => {
                 let of = match self.inodes().nodes.get(&other) {
@@ -335,45 +363,39 @@ impl SecretFs {
                     .to_str()
                     .filter(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
                     .ok_or(FsError::InvalidName)?;
-                let secret = self.wait(self.cache.get_version(&of, version))?;
-                self.remember(secret, None, false)
+                let secret = self
+                    .wait(self.cache.get_version(&of, version))
+                    .inspect_err(|e| self.learn_gone(&of, Some(version), e))?;
+                // Version ids are lowercase: another spelling is not remembered long.
+                let listed = secret.properties.version.as_deref() == Some(version);
+                (self.remember(secret, false), listed)
             }
         };
         Ok(Entry {
             attr,
-            entry_ttl: self.config.entry_ttl,
+            entry_ttl: if listed_spelling {
+                self.config.entry_ttl
+            } else {
+                SPELLING_TTL
+            },
             attr_ttl: self.config.attr_ttl,
         })
     }
 
-    /// Gives the inode for this exact version (new or existing) one more kernel reference,
-    /// and remembers the spelling it was looked up by, if any. With `per_name`, the inode is
-    /// the name's one inode, now holding this version.
-    fn remember(
-        &self,
-        secret: Arc<Secret>,
-        spelling: Option<&SecretName>,
-        per_name: bool,
-    ) -> FileAttr {
-        let name_key = secret.properties.name.key();
+    /// Gives the inode for this exact version (new or existing) one more kernel reference.
+    /// With `per_name`, the inode is the name's one inode, now holding this version.
+    fn remember(&self, secret: Arc<Secret>, per_name: bool) -> FileAttr {
         let key = if per_name {
-            (name_key.clone(), String::new())
+            (secret.properties.name.key(), String::new())
         } else {
             version_key(&secret.properties)
         };
         let mut guard = self.inodes();
         let inodes = &mut *guard;
         let ino = ino_for(&mut inodes.next, &mut inodes.by_version, key);
-        let spellings = inodes.spellings.entry(name_key).or_default();
-        if let Some(spelling) = spelling {
-            spellings.names.insert(spelling.as_str().to_owned());
-        }
-        let node = inodes.nodes.entry(ino).or_insert_with(|| {
-            spellings.inodes += 1;
-            Node::File {
-                held: Held::new(&secret),
-                lookups: 0,
-            }
+        let node = inodes.nodes.entry(ino).or_insert_with(|| Node::File {
+            held: Held::new(&secret),
+            lookups: 0,
         });
         match node {
             Node::File { held, lookups } => {
@@ -420,21 +442,17 @@ impl SecretFs {
         match inodes.nodes.remove(&ino) {
             Some(Node::File { held, .. }) => {
                 let name_key = held.properties.name.key();
-                let per_name = (name_key.clone(), String::new());
-                if inodes.by_version.get(&per_name) == Some(&ino) {
-                    inodes.by_version.remove(&per_name);
-                } else {
-                    inodes.by_version.remove(&version_key(&held.properties));
-                }
-                if let Some(spellings) = inodes.spellings.get_mut(&name_key) {
-                    spellings.inodes = spellings.inodes.saturating_sub(1);
-                    if spellings.inodes == 0 {
-                        inodes.spellings.remove(&name_key);
+                // A revoked inode's key may already serve a newer inode: remove only our own.
+                for key in [(name_key.clone(), String::new()), (name_key, held.version().to_owned())] {
+                    if inodes.by_version.get(&key) == Some(&ino) {
+                        inodes.by_version.remove(&key);
                     }
                 }
             }
             Some(Node::VersionsOf { name, .. }) => {
-                inodes.versions_of.remove(&name.key());
+                if inodes.versions_of.get(&name.key()) == Some(&ino) {
+                    inodes.versions_of.remove(&name.key());
+                }
             }
             None => {}
         }
@@ -446,43 +464,163 @@ impl SecretFs {
     pub fn in_use(&self) -> Vec<SecretProperties> {
         let inodes = self.inodes();
         let mut newest: HashMap<String, &SecretProperties> = HashMap::new();
-        for node in inodes.nodes.values() {
-            if let Node::File { held, lookups } = node
-                && *lookups > 0
-            {
-                let p = &held.properties;
-                let slot = newest.entry(p.name.key()).or_insert(p);
-                if p.updated > slot.updated {
-                    *slot = p;
-                }
+        for held in live_files(&inodes) {
+            let p = &held.properties;
+            let slot = newest.entry(p.name.key()).or_insert(p);
+            if p.updated > slot.updated {
+                *slot = p;
             }
         }
         newest.into_values().cloned().collect()
     }
 
-    /// Pushes what a refresh found to the kernel: each changed name is forgotten, so its next
-    /// use looks it up again and gets the new version's inode. Open files keep their inode.
+    /// Versions served besides the newest of their secret (files open across a rotation,
+    /// `.versions` entries, in-place handles), by secret: what `revalidate_versions` checks.
+    pub fn older_in_use(&self) -> Vec<(SecretName, Vec<String>)> {
+        let newest: HashMap<String, Option<String>> = self
+            .in_use()
+            .into_iter()
+            .map(|p| (p.name.key(), p.version))
+            .collect();
+        let mut older: BTreeMap<String, (SecretName, Vec<String>)> = BTreeMap::new();
+        let mut add = |p: &SecretProperties| {
+            let Some(version) = &p.version else { return };
+            if newest.get(&p.name.key()) == Some(&Some(version.clone())) {
+                return;
+            }
+            let (_, versions) = older
+                .entry(p.name.key())
+                .or_insert_with(|| (p.name.clone(), Vec::new()));
+            if !versions.contains(version) {
+                versions.push(version.clone());
+            }
+        };
+        for held in live_files(&self.inodes()) {
+            add(&held.properties);
+        }
+        for pinned in self.handles().values() {
+            if let Pinned::Value(secret) = pinned {
+                add(&secret.properties);
+            }
+        }
+        older.into_values().collect()
+    }
+
+    /// Revocations learned on the read path since the last call, to push to the kernel.
+    pub fn take_learned(&self) -> Vec<Change> {
+        std::mem::take(&mut *self.learned.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Resolves when the read path learned a revocation.
+    pub async fn learned_something(&self) {
+        self.learned_signal.notified().await;
+    }
+
+    /// A read learned from Key Vault that `name` (or one `version` of it) is disabled or gone:
+    /// if kvfs serves it, every inode and handle of it stops now, and the kernel is told soon.
+    fn learn_gone(&self, name: &SecretName, version: Option<&str>, err: &FsError) {
+        let FsError::Store(err) = err else {
+            return;
+        };
+        let Some(why) = Revoked::from_error(err) else {
+            return;
+        };
+        let change = match version {
+            None => Change::Gone(name.clone(), why),
+            Some(v) => Change::VersionGone(name.clone(), v.to_ascii_lowercase(), why),
+        };
+        if self.revoke(&change).is_empty() {
+            return;
+        }
+        self.learned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(change);
+        self.learned_signal.notify_one();
+    }
+
+    /// Marks every inode and handle serving what `change` revokes, dropping their values.
+    /// Returns the revoked inodes. Their keys are released, so that a later lookup (the
+    /// secret re-enabled) gets a new inode rather than a revoked one.
+    fn revoke(&self, change: &Change) -> Vec<u64> {
+        let (name, version, why) = match change {
+            Change::Gone(name, why) => (name, None, *why),
+            Change::VersionGone(name, version, why) => (name, Some(version.as_str()), *why),
+            Change::Updated(_) | Change::Appeared(_) | Change::Expired(_) => return Vec::new(),
+        };
+        let name_key = name.key();
+        let mut guard = self.inodes();
+        let inodes = &mut *guard;
+        let mut revoked = Vec::new();
+        let mut keys = Vec::new();
+        for (key_version, ino) in inodes.of_name(&name_key) {
+            let Some(Node::File { held, .. }) = inodes.nodes.get(&ino) else {
+                continue;
+            };
+            if version.is_none_or(|v| held.version() == v) && held.revoked.is_none() {
+                revoked.push(ino);
+                keys.push((name_key.clone(), key_version.to_owned()));
+            }
+        }
+        for key in keys {
+            inodes.by_version.remove(&key);
+        }
+        for ino in &revoked {
+            if let Some(Node::File { held, .. }) = inodes.nodes.get_mut(ino) {
+                held.revoked = Some(why);
+                held.value = Weak::new();
+            }
+        }
+        drop(guard);
+        for pinned in self.handles().values_mut() {
+            if let Pinned::Value(secret) = pinned {
+                let p = &secret.properties;
+                if p.name.key() == name_key
+                    && version.is_none_or(|v| p.version.as_deref() == Some(v))
+                {
+                    *pinned = Pinned::Revoked(why);
+                }
+            }
+        }
+        revoked
+    }
+
+    /// Pushes what a refresh (or a read) found to the kernel: each changed name is forgotten,
+    /// so its next use looks it up again and gets the new version's inode; open files keep
+    /// their inode. Revoked versions stop being served on every path, open files included.
     pub fn apply(&self, changes: &[Change]) {
         let Some(invalidator) = self.invalidator.get() else {
             return;
         };
         for change in changes {
-            let (Change::Updated(name) | Change::Gone(name) | Change::Appeared(name)) = change;
-            if let (Change::Updated(_), Rotation::InPlace) = (change, self.config.rotation)
-                && let Some(current) = self.cache.peek(name)
-                && let Some(ino) = self.swap_in_place(current)
-            {
-                invalidator.attributes(ino);
+            let name = change.name();
+            match change {
+                Change::Updated(_) if self.config.rotation == Rotation::InPlace => {
+                    if let Some(current) = self.cache.peek(name)
+                        && let Some(ino) = self.swap_in_place(current)
+                    {
+                        invalidator.attributes(ino);
+                    }
+                }
+                Change::Gone(..) | Change::VersionGone(..) => {
+                    self.revoke(change);
+                    let revoked: Vec<u64> = live_revoked(&self.inodes(), &name.key());
+                    for ino in revoked {
+                        invalidator.data(ino);
+                    }
+                    let versions_dir = self.inodes().versions_of.get(&name.key()).copied();
+                    match (change, versions_dir) {
+                        (Change::VersionGone(_, version, _), Some(dir)) => {
+                            invalidator.entry(dir, version);
+                        }
+                        (Change::Gone(..), _) => invalidator.entry(VERSIONS, name.as_str()),
+                        _ => {}
+                    }
+                }
+                Change::Updated(_) | Change::Appeared(_) | Change::Expired(_) => {}
             }
-            let mut spellings = self
-                .inodes()
-                .spellings
-                .get(&name.key())
-                .map(|s| s.names.clone())
-                .unwrap_or_default();
-            spellings.insert(name.as_str().to_owned());
-            for spelling in spellings {
-                invalidator.entry(ROOT, &spelling);
+            if !matches!(change, Change::VersionGone(..)) {
+                invalidator.entry(ROOT, name.as_str());
             }
             tracing::debug!(?change, "kernel entry invalidated");
         }
@@ -530,12 +668,14 @@ impl SecretFs {
         }
     }
 
-    /// `ino`'s value if it is in memory, else the properties to fetch it again by.
+    /// `ino`'s value if it is in memory, else the properties to fetch it again by. A revoked
+    /// version answers its revocation.
     fn in_memory(&self, ino: u64) -> FsResult<Result<Arc<Secret>, SecretProperties>> {
         match self.inodes().nodes.get(&ino) {
-            Some(Node::File { held, .. }) => {
-                Ok(held.value.upgrade().ok_or_else(|| held.properties.clone()))
-            }
+            Some(Node::File { held, .. }) => match held.revoked {
+                Some(why) => Err(FsError::Store(why.error())),
+                None => Ok(held.value.upgrade().ok_or_else(|| held.properties.clone())),
+            },
             Some(Node::VersionsOf { .. }) => Err(FsError::IsDir),
             None if ino == ROOT || ino == VERSIONS => Err(FsError::IsDir),
             None => Err(FsError::NotFound),
@@ -546,12 +686,15 @@ impl SecretFs {
     /// newer version.
     fn refetch(&self, ino: u64, properties: &SecretProperties) -> FsResult<Arc<Secret>> {
         let name = &properties.name;
-        let secret = match &properties.version {
-            Some(version) => self.wait(self.cache.get_version(name, version))?,
-            None => self.wait(self.cache.get(name))?,
-        };
+        let version = properties.version.as_deref();
+        let secret = match version {
+            Some(version) => self.wait(self.cache.get_version(name, version)),
+            None => self.wait(self.cache.get(name)),
+        }
+        .inspect_err(|e| self.learn_gone(name, version, e))?;
         if let Some(Node::File { held, .. }) = self.inodes().nodes.get_mut(&ino)
             && held.properties.version == secret.properties.version
+            && held.revoked.is_none()
         {
             held.value = Arc::downgrade(&secret);
         }
@@ -569,10 +712,7 @@ impl SecretFs {
                 let handle = self
                     .next_handle
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.handles
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(handle, secret);
+                self.handles().insert(handle, Pinned::Value(secret));
                 Ok(Some(handle))
             }
         }
@@ -585,16 +725,13 @@ impl SecretFs {
     }
 
     pub fn release(&self, handle: u64) {
-        self.handles
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&handle);
+        self.handles().remove(&handle);
     }
 
     /// Reads `size` bytes at `offset` of the version `handle` pinned (or the inode's own),
     /// clamped to the value: past the end is an empty read.
     pub fn read(&self, ino: u64, handle: u64, offset: u64, size: u32) -> FsResult<ReadData> {
-        let secret = match self.pinned(handle) {
+        let secret = match self.pinned(handle)? {
             Some(secret) => secret,
             None => self.secret(ino)?,
         };
@@ -610,7 +747,7 @@ impl SecretFs {
         offset: u64,
         size: u32,
     ) -> FsResult<Option<ReadData>> {
-        let secret = match self.pinned(handle) {
+        let secret = match self.pinned(handle)? {
             Some(secret) => secret,
             None => match self.in_memory(ino)? {
                 Ok(secret) => secret,
@@ -620,12 +757,17 @@ impl SecretFs {
         Ok(Some(ReadData::new(secret, offset, size)))
     }
 
-    fn pinned(&self, handle: u64) -> Option<Arc<Secret>> {
-        self.handles
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&handle)
-            .cloned()
+    /// The version `handle` pinned, if it is an in-place handle; its revocation if revoked.
+    fn pinned(&self, handle: u64) -> FsResult<Option<Arc<Secret>>> {
+        match self.handles().get(&handle) {
+            Some(Pinned::Value(secret)) => Ok(Some(secret.clone())),
+            Some(Pinned::Revoked(why)) => Err(FsError::Store(why.error())),
+            None => Ok(None),
+        }
+    }
+
+    fn handles(&self) -> MutexGuard<'_, HashMap<u64, Pinned>> {
+        self.handles.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Opens a directory. Returns whether the kernel may keep the entries it cached at the
@@ -832,6 +974,30 @@ fn parse_name(name: &OsStr) -> FsResult<SecretName> {
     name.to_str()
         .and_then(SecretName::parse)
         .ok_or(FsError::InvalidName)
+}
+
+/// File nodes the kernel holds that still serve their version.
+fn live_files(inodes: &Inodes) -> impl Iterator<Item = &Held> {
+    inodes.nodes.values().filter_map(|node| match node {
+        Node::File { held, lookups } if *lookups > 0 && held.revoked.is_none() => Some(held),
+        _ => None,
+    })
+}
+
+/// Revoked file inodes of `name_key` the kernel still holds.
+fn live_revoked(inodes: &Inodes, name_key: &str) -> Vec<u64> {
+    inodes
+        .nodes
+        .iter()
+        .filter_map(|(ino, node)| match node {
+            Node::File { held, .. }
+                if held.revoked.is_some() && held.properties.name.key() == name_key =>
+            {
+                Some(*ino)
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 fn version_key(p: &SecretProperties) -> (String, String) {

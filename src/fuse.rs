@@ -1,7 +1,9 @@
 //! The fuser adapter, and nothing else: each handler calls `SecretFs`, then replies.
 //!
-//! Errors are logged here, once, at the level they carry. Every write-type operation answers
-//! EROFS (the mount is read-only too, so the kernel usually answers it first).
+//! Errors are logged here, once, at the level they carry, and warnings at most once per cause
+//! per interval (`log_limit`): a reader repeating a failing call cannot grow the log. Every
+//! write-type operation answers EROFS (the mount is read-only too, so the kernel usually
+//! answers it first).
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -9,9 +11,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, Notifier, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
+    KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{FsError, Invalidate, SecretFs};
@@ -39,6 +42,15 @@ impl Invalidate for KernelInvalidator {
         }
     }
 
+    fn data(&self, ino: u64) {
+        // Offset 0, length 0: every cached page and the attributes.
+        if let Err(e) = self.0.inval_inode(INodeNo(ino), 0, 0)
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::warn!(ino, error = %e, "kernel data invalidation failed");
+        }
+    }
+
     fn attributes(&self, ino: u64) {
         // A negative offset invalidates the attributes only (there are no cached pages: the
         // in-place mode reads with direct I/O).
@@ -53,8 +65,8 @@ impl Invalidate for KernelInvalidator {
 fn errno(op: &str, ino: u64, err: &FsError) -> Errno {
     if err.is_routine() {
         tracing::debug!(op, ino, error = %err, "request failed");
-    } else {
-        tracing::warn!(op, ino, error = %err, "request failed");
+    } else if let Some(suppressed) = crate::log_limit::allow(&format!("{op}: {err}")) {
+        tracing::warn!(op, ino, error = %err, suppressed, "request failed");
     }
     Errno::from_i32(err.errno())
 }
@@ -126,6 +138,34 @@ fn readdir(fs: &SecretFs, ino: u64, offset: u64, mut reply: ReplyDirectory) {
 }
 
 impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Without it the kernel serialises lookups in a directory: one lookup waiting on Key
+        // Vault would hold up every other, cached or not.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS) {
+            tracing::warn!(
+                ?missing,
+                "the kernel cannot run lookups in parallel: a slow secret delays lookups of others"
+            );
+        }
+        Ok(())
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // Not a terminal, nor anything else an ioctl could ask about. Silent: Python's open()
+        // sends one per file.
+        reply.error(Errno::ENOTTY);
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (fs, name) = (self.fs.clone(), name.to_owned());
         // A lookup may wait on Key Vault: it runs off the FUSE threads, so a slow or throttled

@@ -5,7 +5,7 @@
 //! single flight, stale serving) and `refresh` (keeps secrets in use fresh, pushes changes to
 //! the kernel) -> `store` (the `SecretStore` seam: Key Vault, in-memory, retries) -> `auth` and
 //! `transport` (identity and the one HTTP client). `secret` and `error` are the types all of
-//! them share. `emulator` is a Key Vault for tests and demos; `testing` holds what the
+//! them share; `log_limit` keeps what readers can repeat out of the log. `emulator` is a Key Vault for tests and demos; `testing` holds what the
 //! integration tests and the benchmark share.
 
 pub mod auth;
@@ -15,6 +15,7 @@ pub mod emulator;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod log_limit;
 pub mod refresh;
 pub mod run;
 pub mod secret;

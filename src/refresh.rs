@@ -41,11 +41,34 @@ pub async fn keep_token_warm(credential: Arc<dyn TokenCredential>, limit: Durati
     }
 }
 
+/// Runs the refresher for the mount's life. A panic in it (a bug) is logged and the refresher
+/// restarted, so that rotation and revocation never stop silently.
+pub async fn supervise(fs: Arc<SecretFs>, period: Duration) {
+    loop {
+        match tokio::spawn(run(fs.clone(), period)).await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                tracing::error!("the refresher panicked; restarting it (rotation and revocation continue)");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 pub async fn run(fs: Arc<SecretFs>, period: Duration) {
     let mut delay = period;
     let mut backoff = Duration::from_secs(1);
     loop {
-        tokio::time::sleep(delay).await;
+        // A revocation a reader learned reaches the kernel now, not at the next tick.
+        let woken = tokio::select! {
+            () = tokio::time::sleep(delay) => false,
+            () = fs.learned_something() => true,
+        };
+        apply(&fs, fs.take_learned()).await;
+        if woken {
+            continue;
+        }
         let in_use = fs.in_use();
         if in_use.is_empty() {
             delay = period;
@@ -53,15 +76,19 @@ pub async fn run(fs: Arc<SecretFs>, period: Duration) {
         }
         let failure = match fs.cache().refresh(&in_use).await {
             Ok(refreshed) => {
-                if !refreshed.changes.is_empty() {
+                let older = fs.older_in_use();
+                let versions = fs.cache().revalidate_versions(&older).await;
+                let mut changes = refreshed.changes;
+                changes.extend(versions.changes);
+                if !changes.is_empty() {
                     tracing::info!(
-                        changed = refreshed.changes.len(),
+                        changed = changes.len(),
                         in_use = in_use.len(),
                         "refresh found changes"
                     );
                 }
-                apply(&fs, refreshed.changes).await;
-                refreshed.failure
+                apply(&fs, changes).await;
+                refreshed.failure.or(versions.failure)
             }
             Err(err) => Some(err),
         };
@@ -71,7 +98,9 @@ pub async fn run(fs: Arc<SecretFs>, period: Duration) {
                 backoff = Duration::from_secs(1);
             }
             Some(err) => {
-                tracing::warn!(error = %err, retry_in = ?backoff, "refresh failed; cached values are served stale meanwhile");
+                if let Some(suppressed) = crate::log_limit::allow("refresh failed") {
+                    tracing::warn!(error = %err, retry_in = ?backoff, suppressed, "refresh failed; cached values are served stale meanwhile");
+                }
                 apply(&fs, fs.cache().outage(&in_use)).await;
                 delay = backoff.min(period);
                 backoff = (backoff * 2).min(period);

@@ -21,6 +21,7 @@ use crate::fuse::{FuseAdapter, KernelInvalidator};
 use crate::refresh;
 use crate::store::keyvault::{KeyVaultConfig, KeyVaultStore, classify};
 use crate::store::{RetryPolicy, RetryStore, SecretStore};
+use crate::transport::budget::RequestBudget;
 use crate::transport::{self, TransportConfig};
 
 /// Kernel TTL for names and attributes: long, because changes reach the kernel as explicit
@@ -182,6 +183,12 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         imds_endpoint: plan.network.imds_endpoint.clone(),
         connect_timeout: o.request_timeout.min(Duration::from_secs(5)),
         request_timeout: o.request_timeout,
+        budget: Some(Arc::new(RequestBudget::new(
+            plan.vault_url.host_str().unwrap_or_default(),
+            o.max_request_rate,
+            o.max_request_burst,
+            o.request_timeout,
+        ))),
     })
     .map_err(|e| RunError::Setup(e.to_string()))?;
     let credential =
@@ -208,6 +215,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         Arc::new(store),
         CacheConfig {
             capacity: o.cache_capacity,
+            max_bytes: o.cache_max_bytes,
             ttl: o.cache_ttl,
             negative_ttl: o.negative_ttl,
             list_ttl: o.list_ttl,
@@ -268,7 +276,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         .map_err(mount_error)?;
     fs.set_invalidator(Box::new(KernelInvalidator(session.notifier())));
     let session = session.spawn().map_err(mount_error)?;
-    let refresher = runtime.spawn(refresh::run(fs, refresh::period_for(o.cache_ttl)));
+    let refresher = runtime.spawn(refresh::supervise(fs, refresh::period_for(o.cache_ttl)));
     let token_keeper = runtime.spawn(refresh::keep_token_warm(credential, o.request_timeout));
     tracing::info!(mountpoint = %plan.mountpoint.display(), vault = %plan.vault_url, "mounted");
     let unmounted_outside = runtime.block_on(async {
@@ -444,6 +452,9 @@ fn explain_vault(plan: &Plan, err: &StoreError) -> String {
         ),
         StoreError::Throttled { .. } | StoreError::Service { .. } => format!(
             "{vault} is unavailable ({err}). Retry later, or pass --no-startup-check to mount anyway"
+        ),
+        StoreError::Budget(_) => format!(
+            "kvfs's request budget held the listing of {vault} back ({err}). Fix: raise --max-request-rate or --request-timeout"
         ),
         StoreError::Credential { .. } | StoreError::Other(_) => {
             format!("cannot list {vault}: {err}")

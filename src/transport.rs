@@ -11,6 +11,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use azure_core::http::{AsyncRawResponse, HttpClient, Request, Transport, Url};
 
+pub mod budget;
+
+use budget::{Budgeted, RequestBudget};
+
 /// Where the Azure SDK sends IMDS requests; the Rust SDK hard-codes it.
 const IMDS_HOST: &str = "169.254.169.254";
 
@@ -23,6 +27,8 @@ pub struct TransportConfig {
     pub connect_timeout: Duration,
     /// Upper bound for one HTTP exchange.
     pub request_timeout: Duration,
+    /// The vault-wide request budget every vault request takes a token from.
+    pub budget: Option<Arc<RequestBudget>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +64,13 @@ pub fn build(config: &TransportConfig) -> Result<Transport, TransportError> {
             endpoint: endpoint.clone(),
         }),
         None => Arc::new(client),
+    };
+    let http: Arc<dyn HttpClient> = match &config.budget {
+        Some(budget) => Arc::new(Budgeted {
+            inner: http,
+            budget: budget.clone(),
+        }),
+        None => http,
     };
     Ok(Transport::new(http))
 }

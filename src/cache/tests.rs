@@ -5,6 +5,7 @@ use crate::store::MemoryStore;
 fn config() -> CacheConfig {
     CacheConfig {
         capacity: NonZeroUsize::new(2).unwrap(),
+        max_bytes: 1 << 20,
         ttl: Duration::from_secs(300),
         negative_ttl: Duration::from_secs(30),
         list_ttl: Duration::from_secs(60),
@@ -52,29 +53,63 @@ async fn hit_within_ttl_refetch_after() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn negative_entries_expire() {
+async fn absent_names_are_answered_by_the_listing() {
     let (store, cache) = setup();
-    assert_eq!(
-        cache.get(&name("zz")).await.unwrap_err(),
-        StoreError::NotFound
-    );
-    assert_eq!(
-        cache.get(&name("zz")).await.unwrap_err(),
-        StoreError::NotFound
-    );
-    assert_eq!(store.gets(), 1);
+    for i in 0..1000 {
+        assert_eq!(
+            cache.get(&name(&format!("absent-{i}"))).await.unwrap_err(),
+            StoreError::NotFound
+        );
+    }
+    assert_eq!((store.gets(), store.lists()), (0, 1), "one listing, no GET");
+    // A new secret is found within the negative TTL: one re-list for all absent names.
     store.put("zz", "new");
+    assert_eq!(cache.get(&name("zz")).await.unwrap_err(), StoreError::NotFound);
     tokio::time::advance(Duration::from_secs(31)).await;
+    for i in 0..100 {
+        let _ = cache.get(&name(&format!("absent-{i}"))).await;
+    }
+    assert_eq!(store.lists(), 2);
     assert_eq!(
         cache.get(&name("zz")).await.unwrap().value.as_bytes(),
         b"new"
     );
-    assert_eq!(store.gets(), 2);
+    assert_eq!((store.gets(), store.lists()), (1, 2));
+    // The same for versions, and a listed name costs no listing of its own.
+    assert_eq!(
+        cache.list_versions(&name("absent-1")).await.unwrap_err(),
+        StoreError::NotFound
+    );
+    assert_eq!(store.lists(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_name_deleted_since_the_listing_is_remembered_absent() {
+    let (store, cache) = setup();
+    cache.list().await.unwrap();
+    store.remove("a");
+    for _ in 0..10 {
+        assert_eq!(cache.get(&name("a")).await.unwrap_err(), StoreError::NotFound);
+    }
+    assert_eq!(store.gets(), 1, "one 404, then remembered for negative_ttl");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_listing_refusal_falls_back_to_gets_and_is_not_retried_per_name() {
+    let (store, cache) = setup();
+    store.fail_times(StoreError::Forbidden(Forbidden::Rbac), 1);
+    assert_eq!(
+        cache.get(&name("a")).await.unwrap().value.as_bytes(),
+        b"one"
+    );
+    assert!(cache.get(&name("b")).await.is_ok());
+    assert_eq!((store.lists(), store.gets()), (1, 2));
 }
 
 #[tokio::test(start_paused = true)]
 async fn transient_errors_without_a_copy_are_not_cached() {
     let (store, cache) = setup();
+    cache.list().await.unwrap();
     store.fail_with(Some(StoreError::Service { status: 503 }));
     assert_eq!(
         cache.get(&name("a")).await.unwrap_err(),
@@ -90,6 +125,120 @@ async fn transient_errors_without_a_copy_are_not_cached() {
     tokio::time::advance(OUTAGE_BACKOFF).await;
     assert!(cache.get(&name("a")).await.is_ok());
     assert_eq!(store.gets(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_slow_secret_opens_no_outage_window_while_others_are_answered() {
+    let (store, cache) = setup();
+    cache.list().await.unwrap();
+    let started = Instant::now();
+    // A timeout of a request sent before Key Vault answered another is no evidence.
+    cache.inner.lock().last_answer = Some(started + Duration::from_millis(1));
+    cache
+        .inner
+        .failed(&StoreError::Timeout(Duration::from_secs(10)), started);
+    assert!(!cache.inner.lock().in_outage(Instant::now()));
+    assert!(cache.get(&name("a")).await.is_ok());
+    // Key Vault itself saying it fails is.
+    cache.inner.failed(&StoreError::Service { status: 503 }, started);
+    assert!(cache.inner.lock().in_outage(Instant::now()));
+    assert_eq!(store.gets(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_fetch_costs_one_error_not_the_secret() {
+    let (store, cache) = setup();
+    store.panic_next();
+    let err = cache.list().await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "a panicking listing too");
+    assert_eq!(cache.list().await.unwrap().len(), 3);
+    store.panic_next();
+    let err = cache.get(&name("a")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Other(_)), "{err:?}");
+    assert_eq!(err.errno(), libc::EIO);
+    assert_eq!(
+        cache.get(&name("a")).await.unwrap().value.as_bytes(),
+        b"one",
+        "the single-flight slot was freed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_as_soon_as_the_ttl_passes_without_confirmation() {
+    let (_store, cache) = setup();
+    cache.get(&name("a")).await.unwrap();
+    tokio::time::advance(Duration::from_secs(299)).await;
+    assert!(cache.stale_since(&name("a")).is_none());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let since = cache.stale_since(&name("a")).expect("past its TTL");
+    let ago = SystemTime::now().duration_since(since).unwrap();
+    assert!(ago <= Duration::from_secs(2), "{ago:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn values_are_bounded_in_bytes() {
+    let store = Arc::new(MemoryStore::new());
+    let big = "x".repeat(20_000);
+    for i in 0..20 {
+        store.put(&format!("s{i}"), &big);
+    }
+    let cache = SecretCache::new(
+        store.clone(),
+        CacheConfig {
+            capacity: NonZeroUsize::new(1000).unwrap(),
+            max_bytes: 100_000,
+            ..config()
+        },
+    );
+    for i in 0..20 {
+        cache.get(&name(&format!("s{i}"))).await.unwrap();
+    }
+    assert!(cache.bytes() <= 100_000, "{}", cache.bytes());
+    assert_eq!(cache.len(), 4, "4 values of 20 KB fit in 100 KB");
+}
+
+#[tokio::test(start_paused = true)]
+async fn revocation_drops_every_version_from_memory() {
+    let (store, cache) = setup();
+    let v1 = cache.get(&name("a")).await.unwrap();
+    store.put("a", "uno");
+    tokio::time::advance(Duration::from_secs(301)).await;
+    cache.get(&name("a")).await.unwrap();
+    let old = v1.properties.version.clone().unwrap();
+    cache.get_version(&name("a"), &old).await.unwrap();
+    drop(v1);
+    store.remove("a");
+    let changes = cache.refresh(&[cache.peek(&name("a")).unwrap().properties.clone()]).await;
+    let changes = changes.unwrap().changes;
+    assert_eq!(changes, [Change::Gone(name("a"), Revoked::Deleted)]);
+    assert_eq!(cache.len(), 0, "no copy of any version left");
+    let gets = store.gets();
+    assert_eq!(
+        cache.get_version(&name("a"), &old).await.unwrap_err(),
+        StoreError::NotFound
+    );
+    assert_eq!(store.gets(), gets, "absent by the listing: no request");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_disabled_older_version_is_reported() {
+    let (store, cache) = setup();
+    let v1 = cache.get(&name("a")).await.unwrap();
+    let old = v1.properties.version.clone().unwrap();
+    store.put("a", "uno");
+    store.set_version_enabled("a", &old, false);
+    let refreshed = cache
+        .revalidate_versions(&[(name("a"), vec![old.clone()])])
+        .await;
+    assert!(refreshed.failure.is_none());
+    assert_eq!(
+        refreshed.changes,
+        [Change::VersionGone(
+            name("a"),
+            old,
+            Revoked::Denied(Forbidden::SecretDisabled)
+        )]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -279,8 +428,10 @@ async fn refresh_reports_gone_and_appeared() {
     store.set_enabled("c", false);
     store.put("e", "new");
     let changes = cache.refresh(&[a, c]).await.unwrap().changes;
-    assert!(changes.contains(&Change::Gone(name("a"))), "{changes:?}");
-    assert!(changes.contains(&Change::Gone(name("c"))), "{changes:?}");
+    let deleted = Change::Gone(name("a"), Revoked::Deleted);
+    let disabled = Change::Gone(name("c"), Revoked::Denied(Forbidden::SecretDisabled));
+    assert!(changes.contains(&deleted), "{changes:?}");
+    assert!(changes.contains(&disabled), "{changes:?}");
     assert!(
         changes.contains(&Change::Appeared(name("e"))),
         "{changes:?}"
@@ -307,7 +458,7 @@ async fn outage_marks_stale_then_drops_past_max_stale() {
     assert!(cache.outage(std::slice::from_ref(&a)).is_empty());
     assert!(cache.stale_since(&name("a")).is_some());
     tokio::time::advance(Duration::from_secs(3300)).await;
-    assert_eq!(cache.outage(&[a]), vec![Change::Gone(name("a"))]);
+    assert_eq!(cache.outage(&[a]), vec![Change::Expired(name("a"))]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -116,8 +116,16 @@ impl KeyVaultStore {
         let secret = response
             .into_model()
             .map_err(|_| StoreError::Other("cannot parse Key Vault's secret response".into()))?;
-        let version = secret.resource_id().ok().and_then(|id| id.version);
-        let mut properties = properties(name.clone(), secret.attributes.as_ref());
+        let id = secret.resource_id().ok();
+        // The name as the vault spells it (names are case-insensitive): the spelling kvfs
+        // lists, remembers and invalidates, whatever spelling was asked for.
+        let listed = id
+            .as_ref()
+            .and_then(|id| SecretName::parse(&id.name))
+            .filter(|listed| listed.key() == name.key())
+            .unwrap_or_else(|| name.clone());
+        let version = id.and_then(|id| id.version);
+        let mut properties = properties(listed, secret.attributes.as_ref());
         properties.version = version;
         properties.content_type = secret.content_type;
         properties.tags = secret.tags.unwrap_or_default().into_iter().collect();
@@ -158,6 +166,12 @@ fn properties(name: SecretName, attributes: Option<&SecretAttributes>) -> Secret
 pub fn classify(err: azure_core::Error) -> StoreError {
     if let Some(tls) = tls_failure(&err) {
         return StoreError::Tls(tls);
+    }
+    if let Some(held) = causes(&err)
+        .into_iter()
+        .find_map(|e| e.downcast_ref::<crate::transport::budget::BudgetExhausted>())
+    {
+        return StoreError::Budget(held.0);
     }
     match err.kind() {
         ErrorKind::HttpResponse {

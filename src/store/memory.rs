@@ -22,6 +22,8 @@ pub struct MemoryStore {
     /// The error to fail with, and how many more times (`None`: until cleared).
     failure: Mutex<Option<(StoreError, Option<u32>)>>,
     delay: Mutex<Duration>,
+    /// The next operation panics (a bug in a store, for single-flight tests).
+    panic_next: std::sync::atomic::AtomicBool,
     gets: AtomicU64,
     lists: AtomicU64,
     versions: AtomicU64,
@@ -48,17 +50,40 @@ impl MemoryStore {
         lock(&self.secrets).insert(name.key(), secret);
     }
 
+    /// Deletes `name` and every version of it, as Key Vault does.
     pub fn remove(&self, name: &str) {
-        lock(&self.secrets).remove(&name.to_ascii_lowercase());
+        let key = name.to_ascii_lowercase();
+        lock(&self.secrets).remove(&key);
+        lock(&self.history).retain(|(k, _), _| *k != key);
     }
 
+    /// Enables or disables the latest version of `name` (what "disable a secret" does).
     pub fn set_enabled(&self, name: &str, enabled: bool) {
         let mut secrets = lock(&self.secrets);
         if let Some(secret) = secrets.get_mut(&name.to_ascii_lowercase()) {
             let mut changed = Secret::clone(secret);
             changed.properties.enabled = enabled;
             *secret = Arc::new(changed);
+            if let Some(version) = secret.properties.version.clone() {
+                drop(secrets);
+                self.set_version_enabled(name, &version, enabled);
+            }
         }
+    }
+
+    /// Enables or disables one version of `name`.
+    pub fn set_version_enabled(&self, name: &str, version: &str, enabled: bool) {
+        let mut history = lock(&self.history);
+        if let Some(secret) = history.get_mut(&(name.to_ascii_lowercase(), version.to_owned())) {
+            let mut changed = Secret::clone(secret);
+            changed.properties.enabled = enabled;
+            *secret = Arc::new(changed);
+        }
+    }
+
+    /// The next operation panics.
+    pub fn panic_next(&self) {
+        self.panic_next.store(true, Ordering::Relaxed);
     }
 
     /// Every operation fails with `err` until cleared with `None`.
@@ -85,6 +110,10 @@ impl MemoryStore {
     }
 
     async fn answer(&self) -> Result<(), StoreError> {
+        assert!(
+            !self.panic_next.swap(false, Ordering::Relaxed),
+            "MemoryStore told to panic"
+        );
         let delay = *lock(&self.delay);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -155,10 +184,16 @@ impl SecretStore for MemoryStore {
     ) -> Result<Arc<Secret>, StoreError> {
         self.gets.fetch_add(1, Ordering::Relaxed);
         self.answer().await?;
-        lock(&self.history)
+        let secret = lock(&self.history)
             .get(&(name.key(), version.to_owned()))
             .map(|s| Arc::new(Secret::clone(s)))
-            .ok_or(StoreError::NotFound)
+            .ok_or(StoreError::NotFound)?;
+        if !secret.properties.enabled {
+            return Err(StoreError::Forbidden(
+                crate::error::Forbidden::SecretDisabled,
+            ));
+        }
+        Ok(secret)
     }
 }
 

@@ -50,7 +50,9 @@ fn is_transient(err: &StoreError) -> bool {
         | StoreError::Forbidden(_)
         | StoreError::Tls(_)
         | StoreError::Credential { .. }
-        | StoreError::Other(_) => false,
+        | StoreError::Other(_)
+        // kvfs's own budget: retrying would only queue again.
+        | StoreError::Budget(_) => false,
     }
 }
 
