@@ -94,7 +94,10 @@ impl Key {
 enum Entry {
     Found(Found),
     /// 403 (disabled, no access), remembered for `negative_ttl`: a definitive answer.
-    Denied { at: Instant, why: Forbidden },
+    Denied {
+        at: Instant,
+        why: Forbidden,
+    },
 }
 
 impl Entry {
@@ -300,7 +303,9 @@ fn find<'a>(listing: &'a [SecretProperties], name_key: &str) -> Option<&'a Secre
 
 /// Compares a name with a name key as their keys, without allocating.
 fn compare_key(name: &str, key: &str) -> Ordering {
-    name.bytes().map(|b| b.to_ascii_lowercase()).cmp(key.bytes())
+    name.bytes()
+        .map(|b| b.to_ascii_lowercase())
+        .cmp(key.bytes())
 }
 
 struct Inner {
@@ -366,7 +371,13 @@ impl SecretCache {
 
     /// The cached latest version of `name`, without a request and whatever its age.
     pub fn peek(&self, name: &SecretName) -> Option<Arc<Secret>> {
-        match self.inner.lock().entries.lru.peek(&Key::Latest(name.key()))? {
+        match self
+            .inner
+            .lock()
+            .entries
+            .lru
+            .peek(&Key::Latest(name.key()))?
+        {
             Entry::Found(f) => Some(f.secret.clone()),
             Entry::Denied { .. } => None,
         }
@@ -379,7 +390,8 @@ impl SecretCache {
         let Entry::Found(f) = state.entries.lru.peek(&Key::Latest(name.key()))? else {
             return None;
         };
-        let expired_for = Instant::now().checked_duration_since(f.validated + self.inner.config.ttl)?;
+        let expired_for =
+            Instant::now().checked_duration_since(f.validated + self.inner.config.ttl)?;
         SystemTime::now().checked_sub(expired_for)
     }
 
@@ -633,7 +645,10 @@ impl Inner {
         }
         let now = Instant::now();
         let mut state = self.lock();
-        let vault_says = matches!(err, StoreError::Throttled { .. } | StoreError::Service { .. });
+        let vault_says = matches!(
+            err,
+            StoreError::Throttled { .. } | StoreError::Service { .. }
+        );
         let answered_since = state.last_answer.is_some_and(|at| at > sent);
         if !vault_says && answered_since {
             return;
@@ -959,8 +974,14 @@ fn joined<T>(
     result: Result<Result<T, StoreError>, tokio::task::JoinError>,
 ) -> Result<T, StoreError> {
     result.unwrap_or_else(|err| {
-        let why = if err.is_panic() { "panicked" } else { "was cancelled" };
-        Err(StoreError::Other(format!("the Key Vault request task {why}")))
+        let why = if err.is_panic() {
+            "panicked"
+        } else {
+            "was cancelled"
+        };
+        Err(StoreError::Other(format!(
+            "the Key Vault request task {why}"
+        )))
     })
 }
 

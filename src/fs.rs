@@ -443,7 +443,10 @@ impl SecretFs {
             Some(Node::File { held, .. }) => {
                 let name_key = held.properties.name.key();
                 // A revoked inode's key may already serve a newer inode: remove only our own.
-                for key in [(name_key.clone(), String::new()), (name_key, held.version().to_owned())] {
+                for key in [
+                    (name_key.clone(), String::new()),
+                    (name_key, held.version().to_owned()),
+                ] {
                     if inodes.by_version.get(&key) == Some(&ino) {
                         inodes.by_version.remove(&key);
                     }
@@ -604,17 +607,25 @@ impl SecretFs {
                 }
                 Change::Gone(..) | Change::VersionGone(..) => {
                     self.revoke(change);
-                    let revoked: Vec<u64> = live_revoked(&self.inodes(), &name.key());
-                    for ino in revoked {
+                    // Every revoked inode of the name, those a read revoked earlier included:
+                    // its pages go (held descriptors then read through kvfs, which refuses),
+                    // and so does its `.versions/<name>/<version>` dentry, so that a version
+                    // still enabled is looked up anew.
+                    let (revoked, versions_dir) = {
+                        let inodes = self.inodes();
+                        let dir = inodes.versions_of.get(&name.key()).copied();
+                        (revoked_of(&inodes, &name.key()), dir)
+                    };
+                    for (ino, version) in revoked {
                         invalidator.data(ino);
-                    }
-                    let versions_dir = self.inodes().versions_of.get(&name.key()).copied();
-                    match (change, versions_dir) {
-                        (Change::VersionGone(_, version, _), Some(dir)) => {
-                            invalidator.entry(dir, version);
+                        if let Some(dir) = versions_dir
+                            && let Some(version) = version
+                        {
+                            invalidator.entry(dir, &version);
                         }
-                        (Change::Gone(..), _) => invalidator.entry(VERSIONS, name.as_str()),
-                        _ => {}
+                    }
+                    if let Change::Gone(..) = change {
+                        invalidator.entry(VERSIONS, name.as_str());
                     }
                 }
                 Change::Updated(_) | Change::Appeared(_) | Change::Expired(_) => {}
@@ -984,8 +995,8 @@ fn live_files(inodes: &Inodes) -> impl Iterator<Item = &Held> {
     })
 }
 
-/// Revoked file inodes of `name_key` the kernel still holds.
-fn live_revoked(inodes: &Inodes, name_key: &str) -> Vec<u64> {
+/// Revoked file inodes of `name_key` the kernel still holds, with their versions.
+fn revoked_of(inodes: &Inodes, name_key: &str) -> Vec<(u64, Option<String>)> {
     inodes
         .nodes
         .iter()
@@ -993,7 +1004,7 @@ fn live_revoked(inodes: &Inodes, name_key: &str) -> Vec<u64> {
             Node::File { held, .. }
                 if held.revoked.is_some() && held.properties.name.key() == name_key =>
             {
-                Some(*ino)
+                Some((*ino, held.properties.version.clone()))
             }
             _ => None,
         })

@@ -65,7 +65,12 @@ impl LogLimit {
 pub fn allow(cause: &str) -> Option<u64> {
     static LIMIT: OnceLock<LogLimit> = OnceLock::new();
     LIMIT
-        .get_or_init(|| LogLimit::new(INTERVAL, NonZeroUsize::new(CAUSES).unwrap_or(NonZeroUsize::MIN)))
+        .get_or_init(|| {
+            LogLimit::new(
+                INTERVAL,
+                NonZeroUsize::new(CAUSES).unwrap_or(NonZeroUsize::MIN),
+            )
+        })
         .allow_at(cause, Instant::now())
 }
 
@@ -79,9 +84,16 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(limit.allow_at("read: timeout", t0), Some(0));
         for i in 1..=5 {
-            assert_eq!(limit.allow_at("read: timeout", t0 + Duration::from_secs(i)), None);
+            assert_eq!(
+                limit.allow_at("read: timeout", t0 + Duration::from_secs(i)),
+                None
+            );
         }
-        assert_eq!(limit.allow_at("lookup: 503", t0), Some(0), "another cause passes");
+        assert_eq!(
+            limit.allow_at("lookup: 503", t0),
+            Some(0),
+            "another cause passes"
+        );
         assert_eq!(
             limit.allow_at("read: timeout", t0 + Duration::from_secs(10)),
             Some(5),

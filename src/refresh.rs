@@ -48,7 +48,9 @@ pub async fn supervise(fs: Arc<SecretFs>, period: Duration) {
         match tokio::spawn(run(fs.clone(), period)).await {
             Ok(()) => return,
             Err(e) if e.is_panic() => {
-                tracing::error!("the refresher panicked; restarting it (rotation and revocation continue)");
+                tracing::error!(
+                    "the refresher panicked; restarting it (rotation and revocation continue)"
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(_) => return,

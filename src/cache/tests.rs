@@ -64,7 +64,10 @@ async fn absent_names_are_answered_by_the_listing() {
     assert_eq!((store.gets(), store.lists()), (0, 1), "one listing, no GET");
     // A new secret is found within the negative TTL: one re-list for all absent names.
     store.put("zz", "new");
-    assert_eq!(cache.get(&name("zz")).await.unwrap_err(), StoreError::NotFound);
+    assert_eq!(
+        cache.get(&name("zz")).await.unwrap_err(),
+        StoreError::NotFound
+    );
     tokio::time::advance(Duration::from_secs(31)).await;
     for i in 0..100 {
         let _ = cache.get(&name(&format!("absent-{i}"))).await;
@@ -89,7 +92,10 @@ async fn a_name_deleted_since_the_listing_is_remembered_absent() {
     cache.list().await.unwrap();
     store.remove("a");
     for _ in 0..10 {
-        assert_eq!(cache.get(&name("a")).await.unwrap_err(), StoreError::NotFound);
+        assert_eq!(
+            cache.get(&name("a")).await.unwrap_err(),
+            StoreError::NotFound
+        );
     }
     assert_eq!(store.gets(), 1, "one 404, then remembered for negative_ttl");
 }
@@ -140,7 +146,9 @@ async fn one_slow_secret_opens_no_outage_window_while_others_are_answered() {
     assert!(!cache.inner.lock().in_outage(Instant::now()));
     assert!(cache.get(&name("a")).await.is_ok());
     // Key Vault itself saying it fails is.
-    cache.inner.failed(&StoreError::Service { status: 503 }, started);
+    cache
+        .inner
+        .failed(&StoreError::Service { status: 503 }, started);
     assert!(cache.inner.lock().in_outage(Instant::now()));
     assert_eq!(store.gets(), 1);
 }
@@ -208,7 +216,9 @@ async fn revocation_drops_every_version_from_memory() {
     cache.get_version(&name("a"), &old).await.unwrap();
     drop(v1);
     store.remove("a");
-    let changes = cache.refresh(&[cache.peek(&name("a")).unwrap().properties.clone()]).await;
+    let changes = cache
+        .refresh(&[cache.peek(&name("a")).unwrap().properties.clone()])
+        .await;
     let changes = changes.unwrap().changes;
     assert_eq!(changes, [Change::Gone(name("a"), Revoked::Deleted)]);
     assert_eq!(cache.len(), 0, "no copy of any version left");

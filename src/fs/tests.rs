@@ -322,7 +322,10 @@ fn only_the_vaults_spelling_is_kept_long_and_invalidated() {
     let other = f.fs.lookup(ROOT, &os("API-Key")).unwrap();
     assert_eq!(listed.attr.ino, other.attr.ino, "one version, one inode");
     assert_eq!(listed.entry_ttl, Duration::from_secs(86400));
-    assert_eq!(other.entry_ttl, SPELLING_TTL, "another spelling expires by itself");
+    assert_eq!(
+        other.entry_ttl, SPELLING_TTL,
+        "another spelling expires by itself"
+    );
     f.fs.apply(&[Change::Updated(SecretName::parse("api-key").unwrap())]);
     let got = f.invalidated.lock().unwrap().clone();
     assert_eq!(got, ["1/api-key"]);
@@ -339,12 +342,22 @@ fn spellings_cost_no_memory() {
         spelling = "api-key"
             .chars()
             .enumerate()
-            .map(|(j, c)| if i >> j & 1 == 1 { c.to_ascii_uppercase() } else { c })
+            .map(|(j, c)| {
+                if i >> j & 1 == 1 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
             .collect();
         assert_eq!(f.fs.lookup(ROOT, &os(&spelling)).unwrap().attr.ino.0, ino);
     }
     let inodes = f.fs.inodes();
-    assert_eq!((inodes.nodes.len(), inodes.by_version.len()), (1, 1), "{spelling}");
+    assert_eq!(
+        (inodes.nodes.len(), inodes.by_version.len()),
+        (1, 1),
+        "{spelling}"
+    );
 }
 
 #[test]

@@ -125,7 +125,10 @@ mod tests {
         for _ in 0..5 {
             b.admit().await.unwrap();
         }
-        assert!(started.elapsed() < Duration::from_millis(20), "the burst is free");
+        assert!(
+            started.elapsed() < Duration::from_millis(20),
+            "the burst is free"
+        );
         for _ in 0..4 {
             b.admit().await.unwrap();
         }
