@@ -31,10 +31,10 @@ use super::vault::{
 };
 use super::{admin, identity};
 
-/// The `api-version`s the data plane accepts: the documented Key Vault versions. The official
-/// SDKs send the newest they know (Rust `azure_security_keyvault_secrets` 1.0 and Python
-/// `azure-keyvault-secrets` 4.10: `2025-07-01`; Python 4.9: `7.6`).
-pub const API_VERSIONS: [&str; 9] = [
+/// The `api-version`s the data plane accepts: the Key Vault versions the official SDKs list
+/// as supported. Each SDK sends its newest: Rust `azure_security_keyvault_secrets` 1.0.1
+/// `2025-07-01`, Python `azure-keyvault-secrets` 4.12 `2026-04-01`, 4.9 `7.6`.
+pub const API_VERSIONS: [&str; 10] = [
     "2016-10-01",
     "7.0",
     "7.1",
@@ -44,6 +44,7 @@ pub const API_VERSIONS: [&str; 9] = [
     "7.5",
     "7.6",
     "2025-07-01",
+    "2026-04-01",
 ];
 
 /// Key Vault's own application id, which Entra also accepts as its audience.
