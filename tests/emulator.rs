@@ -747,7 +747,10 @@ async fn tokens_for_another_audience_or_tenant_are_refused() {
         message.starts_with("AKV10022: Invalid audience"),
         "{message}"
     );
-    assert!(message.contains("https://management.azure.com"), "{message}");
+    assert!(
+        message.contains("https://management.azure.com"),
+        "{message}"
+    );
 
     let storage = entra_token(&h, EMULATOR_TENANT_ID, "https://storage.azure.com/.default").await;
     assert_eq!(claims(&storage)["aud"], "https://storage.azure.com");
@@ -770,10 +773,10 @@ async fn tokens_for_another_audience_or_tenant_are_refused() {
     let message = assert_challenged(status, &headers, &body);
     assert!(message.starts_with("AKV10032: Invalid issuer"), "{message}");
 
-    let direct = h
-        .emu
-        .vault()
-        .issue_token_for("tests", "https://vault.azure.cn", EMULATOR_TENANT_ID);
+    let direct =
+        h.emu
+            .vault()
+            .issue_token_for("tests", "https://vault.azure.cn", EMULATOR_TENANT_ID);
     let (status, headers, body) = h.get(path, &direct).await;
     assert!(assert_challenged(status, &headers, &body).starts_with("AKV10022"));
 
@@ -783,7 +786,12 @@ async fn tokens_for_another_audience_or_tenant_are_refused() {
     let good = entra_token(&h, EMULATOR_TENANT_ID, "https://vault.azure.net/.default").await;
     let (status, _, body) = h.get(path, &good).await;
     assert_eq!((status, &body["value"]), (200, &Value::from("v")));
-    let good = imds_token_at(&h, "/metadata/identity/oauth2/token", "https://vault.azure.net").await;
+    let good = imds_token_at(
+        &h,
+        "/metadata/identity/oauth2/token",
+        "https://vault.azure.net",
+    )
+    .await;
     assert_eq!(h.get(path, &good).await.0, 200);
 
     let c = h.emu.vault().counters();
@@ -797,7 +805,9 @@ async fn api_version_must_be_a_known_one() {
     h.emu.vault().set_secret("db", "v");
     let token = h.emu.vault().issue_token("tests");
     for version in API_VERSIONS {
-        let (status, _, body) = h.get(&format!("secrets/db?api-version={version}"), &token).await;
+        let (status, _, body) = h
+            .get(&format!("secrets/db?api-version={version}"), &token)
+            .await;
         assert_eq!(status, 200, "{version}: {body}");
     }
     assert!(API_VERSIONS.contains(&"2025-07-01"), "the Rust SDK's");
@@ -827,7 +837,12 @@ async fn api_version_must_be_a_known_one() {
 async fn imds_answers_the_path_with_a_trailing_slash() {
     let h = start().await;
     h.emu.vault().set_secret("db", "v");
-    let token = imds_token_at(&h, "/metadata/identity/oauth2/token/", "https://vault.azure.net").await;
+    let token = imds_token_at(
+        &h,
+        "/metadata/identity/oauth2/token/",
+        "https://vault.azure.net",
+    )
+    .await;
     let (status, _, body) = h.get("secrets/db?api-version=7.6", &token).await;
     assert_eq!((status, &body["value"]), (200, &Value::from("v")));
     let url = format!(
@@ -872,10 +887,25 @@ async fn unimplemented_operations_answer_key_vault_errors() {
     let token = vault.issue_token("tests");
     let cases = [
         ("DELETE", "secrets/db".to_owned(), 405, "MethodNotAllowed"),
-        ("PATCH", format!("secrets/db/{version}"), 405, "MethodNotAllowed"),
+        (
+            "PATCH",
+            format!("secrets/db/{version}"),
+            405,
+            "MethodNotAllowed",
+        ),
         ("POST", "secrets".to_owned(), 405, "MethodNotAllowed"),
-        ("DELETE", "secrets/db/versions".to_owned(), 405, "MethodNotAllowed"),
-        ("POST", "secrets/db/backup".to_owned(), 405, "MethodNotAllowed"),
+        (
+            "DELETE",
+            "secrets/db/versions".to_owned(),
+            405,
+            "MethodNotAllowed",
+        ),
+        (
+            "POST",
+            "secrets/db/backup".to_owned(),
+            405,
+            "MethodNotAllowed",
+        ),
         ("GET", "keys/k".to_owned(), 404, "NotFound"),
         ("GET", "deletedsecrets".to_owned(), 404, "NotFound"),
         ("GET", "secrets/db/a/b".to_owned(), 404, "NotFound"),
@@ -899,13 +929,21 @@ async fn unimplemented_operations_answer_key_vault_errors() {
         let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(!message.is_empty(), "{method} {path}");
     }
-    let rsp = h.http.delete(h.url("secrets/db?api-version=7.6")).send().await;
+    let rsp = h
+        .http
+        .delete(h.url("secrets/db?api-version=7.6"))
+        .send()
+        .await;
     let rsp = rsp.expect("answer");
     let (status, headers) = (rsp.status().as_u16(), rsp.headers().clone());
     let message = assert_challenged(status, &headers, &json(rsp).await);
     assert!(message.starts_with("AKV10000"), "{message}");
     let (status, _, body) = h.get("secrets/db?api-version=7.6", &token).await;
-    assert_eq!((status, &body["value"]), (200, &Value::from("v")), "still there");
+    assert_eq!(
+        (status, &body["value"]),
+        (200, &Value::from("v")),
+        "still there"
+    );
 }
 
 #[tokio::test]
@@ -923,19 +961,33 @@ async fn empty_pages_carry_next_links() {
         .await
         .expect("admin");
     assert_eq!(rsp.status(), 204);
-    let rsp = h.http.post(h.url("_admin/paging")).body(r#"{"pages": 2}"#).send().await;
+    let rsp = h
+        .http
+        .post(h.url("_admin/paging"))
+        .body(r#"{"pages": 2}"#)
+        .send()
+        .await;
     assert_eq!(rsp.expect("admin").status(), 400);
     let token = vault.issue_token("tests");
     let mut url = h.url("secrets?api-version=7.6&maxresults=2");
     let mut sizes = Vec::new();
     loop {
-        let rsp = h.http.get(&url).bearer_auth(&token).send().await.expect("page");
+        let rsp = h
+            .http
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("page");
         assert_eq!(rsp.status(), 200);
         let body = json(rsp).await;
         sizes.push(body["value"].as_array().expect("value array").len());
         match body["nextLink"].as_str() {
             Some(next) => {
-                assert!(next.starts_with(&h.url("secrets?api-version=7.6&$skiptoken=")), "{next}");
+                assert!(
+                    next.starts_with(&h.url("secrets?api-version=7.6&$skiptoken=")),
+                    "{next}"
+                );
                 assert!(next.ends_with("&maxresults=2"), "{next}");
                 url = next.to_owned();
             }
@@ -959,7 +1011,10 @@ async fn empty_pages_carry_next_links() {
         .send()
         .await
         .expect("page");
-    let next = json(rsp).await["nextLink"].as_str().expect("next").to_owned();
+    let next = json(rsp).await["nextLink"]
+        .as_str()
+        .expect("next")
+        .to_owned();
     assert!(
         next.starts_with(&format!("https://localhost:{port}/secrets?")),
         "the port is always spelled out, as Azure writes :443: {next}"
@@ -1021,7 +1076,8 @@ async fn official_sdk_pager_crosses_empty_pages() {
         .filter(|r| matches!(r.kind, RequestKind::ListSecrets | RequestKind::ListVersions))
         .collect();
     assert!(
-        data.iter().all(|r| r.query.contains("api-version=2025-07-01")),
+        data.iter()
+            .all(|r| r.query.contains("api-version=2025-07-01")),
         "the Rust SDK sends 2025-07-01: {data:?}"
     );
     h.emu.shutdown().await;
@@ -1070,7 +1126,10 @@ async fn state_dir_keeps_ca_and_token_key_across_restarts() {
     };
     let second = Emulator::start(config).await.expect("restart");
     assert_eq!(second.ca_pem(), old_ca);
-    assert_eq!(std::fs::read_to_string(second.ca_path()).expect("ca"), old_ca);
+    assert_eq!(
+        std::fs::read_to_string(second.ca_path()).expect("ca"),
+        old_ca
+    );
     second.vault().set_secret("db", "after");
     let rsp = old_client
         .get(format!("{}secrets/db?api-version=7.6", second.vault_url()))
@@ -1078,7 +1137,11 @@ async fn state_dir_keeps_ca_and_token_key_across_restarts() {
         .send()
         .await
         .expect("the old CA still trusts the restarted emulator");
-    assert_eq!(rsp.status(), 200, "a token from before the restart verifies");
+    assert_eq!(
+        rsp.status(),
+        200,
+        "a token from before the restart verifies"
+    );
     assert_eq!(json(rsp).await["value"], "after");
     second.shutdown().await;
 

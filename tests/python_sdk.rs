@@ -157,7 +157,11 @@ async fn python_sdk_with_managed_and_workload_identity() {
         assert_eq!(c.get_secret, secrets as u64 + 1, "{mode}: {c:?}");
         assert_eq!(c.challenges, 1, "{mode}: one challenge per client: {c:?}");
         let (imds, entra) = if mode == "managed" { (1, 0) } else { (0, 1) };
-        assert_eq!((c.imds_tokens, c.entra_tokens), (imds, entra), "{mode}: {c:?}");
+        assert_eq!(
+            (c.imds_tokens, c.entra_tokens),
+            (imds, entra),
+            "{mode}: {c:?}"
+        );
         let requests = vault.requests();
         let token_request = requests
             .iter()

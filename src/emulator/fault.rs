@@ -19,7 +19,7 @@ pub enum RequestKind {
     ListSecrets,
     /// One page of `GET /secrets/{name}/versions`.
     ListVersions,
-    /// `GET /metadata/identity/oauth2/token` on the IMDS port.
+    /// `GET /metadata/identity/oauth2/token[/]` on the IMDS port.
     ImdsToken,
     /// `POST /{tenant}/oauth2/v2.0/token` on the HTTPS port.
     EntraToken,

@@ -206,9 +206,18 @@ mod tests {
     #[test]
     fn scopes_map_to_audiences() {
         let table = [
-            ("https://vault.azure.net/.default", "https://vault.azure.net"),
-            ("https://vault.azure.net//.default", "https://vault.azure.net/"),
-            ("https://management.azure.com/.default openid", "https://management.azure.com"),
+            (
+                "https://vault.azure.net/.default",
+                "https://vault.azure.net",
+            ),
+            (
+                "https://vault.azure.net//.default",
+                "https://vault.azure.net/",
+            ),
+            (
+                "https://management.azure.com/.default openid",
+                "https://management.azure.com",
+            ),
             ("api://app", "api://app"),
             ("", ""),
         ];

@@ -543,7 +543,9 @@ mod tests {
         let token = vault.issue_token("tests");
         let claims = vault.verify_token(&token);
         assert_eq!(
-            claims.as_ref().map(|c| (c.sub.as_str(), c.aud.as_str(), c.tid.as_str())),
+            claims
+                .as_ref()
+                .map(|c| (c.sub.as_str(), c.aud.as_str(), c.tid.as_str())),
             Ok(("tests", VAULT_AUDIENCE, EMULATOR_TENANT_ID))
         );
         assert!(Vault::new().verify_token(&token).is_err());
