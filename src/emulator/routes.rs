@@ -223,7 +223,7 @@ async fn data_plane(vault: &Vault, route: &Route, request: Request, next: Next) 
         Some(v) if !API_VERSIONS.contains(&v.as_str()) => {
             return bad_parameter(&format!(
                 "The specified version ({v}) is not recognized. Consider using the latest supported version ({}).",
-                API_VERSIONS[API_VERSIONS.len() - 1]
+                API_VERSIONS.last().unwrap_or(&"")
             ));
         }
         Some(_) => {}
