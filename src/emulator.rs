@@ -3,9 +3,31 @@
 //!
 //! Integration tests, the benchmark and `kvfs demo` run it instead of a real vault. It speaks the
 //! real wire protocol (HTTPS with a generated CA, the 401 challenge, bearer tokens, paging via
-//! `nextLink`, Key Vault's error bodies), so any official Azure SDK works against it, given the
-//! CA (`ca.pem` in the state directory) and, for the Rust SDK,
-//! `verify_challenge_resource: Some(false)`.
+//! `nextLink`, Key Vault's error bodies), so any official Azure SDK works against it (the Rust
+//! and Python ones are tested), given the CA (`ca.pem` in the state directory) and the SDK's
+//! switch that accepts a challenge from a host other than `*.vault.azure.net`
+//! (`verify_challenge_resource`).
+//!
+//! It is as strict as Key Vault wherever a client could be wrong:
+//! - Tokens are HS256 JWTs with `aud` and `tid`. The token endpoints issue them for whatever
+//!   resource or scope was asked, and by the tenant asked (Entra) or the emulator's
+//!   ([`EMULATOR_TENANT_ID`], IMDS); the data plane answers 401 with the challenge to a token
+//!   for another audience (`AKV10022: Invalid audience`) or tenant (`AKV10032: Invalid issuer`).
+//! - `api-version` must be one of [`API_VERSIONS`]; otherwise 400 `BadParameter`.
+//! - Paths it does not serve answer Key Vault's error body: 404 `NotFound` for an unknown
+//!   path, 405 `MethodNotAllowed` for a method a path does not support (only GET and Set
+//!   Secret's PUT are implemented).
+//! - [`Vault::set_empty_pages`] (admin: `POST /_admin/paging {"emptyPages": n}`) makes lists
+//!   answer `n` pages of `"value": []` with a `nextLink` before every page of items and after
+//!   the last, as the real service sometimes does. Ids and `nextLink`s always spell the port
+//!   (Azure writes `:443`).
+//! - IMDS answers `/metadata/identity/oauth2/token` with and without a trailing slash
+//!   (msal-node asks for the latter).
+//!
+//! The state directory keeps `ca.pem`, `ca.key` and `token.key` (private files 0600): an
+//! emulator restarted on the same directory and ports is trusted by clients holding the old
+//! `ca.pem` and accepts tokens issued before the restart. A fresh directory gives a new CA and
+//! signing key.
 //!
 //! Two listeners: [`Emulator::vault_url`] (HTTPS: Key Vault, Entra at the same address, admin
 //! under `/_admin/`) and [`Emulator::imds_endpoint`] (plain HTTP, IMDS). Tests drive the state
@@ -20,6 +42,7 @@ mod identity;
 mod routes;
 mod seed;
 mod server;
+mod state;
 mod tls;
 mod token;
 mod vault;
@@ -33,10 +56,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use fault::{Fault, FaultAction, RequestKind};
-pub use routes::EMULATOR_TENANT_ID;
+pub use routes::API_VERSIONS;
 pub use seed::{Seed, SeedSecret, sample_seed};
+pub use state::{CA_CERT_FILE, CA_KEY_FILE, TOKEN_KEY_FILE};
 pub use vault::{
-    Counters, MAX_VALUE_BYTES, RequestRecord, SecretOptions, Vault, is_valid_secret_name,
+    Counters, EMULATOR_TENANT_ID, MAX_VALUE_BYTES, RequestRecord, SecretOptions, VAULT_AUDIENCE,
+    Vault, is_valid_secret_name,
 };
 
 use routes::AppState;
@@ -56,6 +81,9 @@ pub enum EmulatorError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A key file in the state directory is malformed.
+    #[error("{}: {reason}", path.display())]
+    State { path: PathBuf, reason: String },
     /// Certificate generation or the TLS configuration failed.
     #[error("TLS setup failed: {0}")]
     Tls(String),
@@ -73,7 +101,7 @@ pub struct EmulatorConfig {
     pub vault_port: u16,
     /// Plain-HTTP IMDS port; 0 picks a free one.
     pub imds_port: u16,
-    /// Directory for `ca.pem`; created if missing.
+    /// Directory for `ca.pem`, `ca.key` and `token.key`; created if missing, reused if present.
     pub state_dir: PathBuf,
     /// A JSON seed file or a directory of files (see [`Seed::load`]).
     pub seed: Option<PathBuf>,
@@ -123,20 +151,17 @@ async fn bind(ip: IpAddr, port: u16) -> Result<(TcpListener, SocketAddr), Emulat
 }
 
 impl Emulator {
-    /// Generates TLS material, writes `ca.pem`, loads the seed and starts both listeners.
+    /// Loads (or creates) the CA and token key in the state directory, signs a server
+    /// certificate, loads the seed and starts both listeners.
     pub async fn start(config: EmulatorConfig) -> Result<Emulator, EmulatorError> {
         let seed = config.seed.as_deref().map(Seed::load).transpose()?;
         let extra_ip = Some(config.bind).filter(|ip| !ip.is_unspecified());
-        let tls = tls::generate(extra_ip).map_err(EmulatorError::Tls)?;
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| EmulatorError::Io { path, source }
-        };
-        std::fs::create_dir_all(&config.state_dir).map_err(io(&config.state_dir))?;
-        let ca_path = config.state_dir.join("ca.pem");
-        std::fs::write(&ca_path, &tls.ca_pem).map_err(io(&ca_path))?;
+        let material = state::load_or_create(&config.state_dir)?;
+        let server_config =
+            tls::server_config(&material.ca, extra_ip).map_err(EmulatorError::Tls)?;
+        let ca_path = config.state_dir.join(CA_CERT_FILE);
 
-        let vault = Arc::new(Vault::new());
+        let vault = Arc::new(Vault::with_token_key(&material.token_key));
         if let Some(seed) = &seed {
             vault.load_seed(seed);
         }
@@ -153,7 +178,7 @@ impl Emulator {
         let tasks = vec![
             tokio::spawn(server::serve(
                 vault_listener,
-                Some(tls.server_config),
+                Some(server_config),
                 vault_router,
                 shutdown_rx.clone(),
             )),
@@ -165,7 +190,7 @@ impl Emulator {
             vault_addr,
             imds_addr,
             ca_path,
-            ca_pem: tls.ca_pem,
+            ca_pem: material.ca.cert_pem,
             shutdown,
             tasks,
         })

@@ -16,7 +16,10 @@ use azure_identity::{
 use azure_security_keyvault_secrets::models::SecretClientGetSecretOptions;
 use azure_security_keyvault_secrets::{ResourceExt, SecretClient, SecretClientOptions};
 use futures::TryStreamExt;
-use kvfs::emulator::{Emulator, EmulatorConfig, Fault, FaultAction, RequestKind, SecretOptions};
+use kvfs::emulator::{
+    API_VERSIONS, EMULATOR_TENANT_ID, Emulator, EmulatorConfig, Fault, FaultAction, RequestKind,
+    SecretOptions,
+};
 use serde_json::Value;
 
 struct Harness {
@@ -119,7 +122,9 @@ async fn challenge_then_imds_token_then_get() {
     assert_eq!(rsp.status(), 401);
     let challenge = rsp.headers()["www-authenticate"].to_str().expect("ascii");
     assert!(
-        challenge.starts_with("Bearer authorization=\"https://login.microsoftonline.com/"),
+        challenge.starts_with(&format!(
+            "Bearer authorization=\"https://login.windows.net/{EMULATOR_TENANT_ID}\""
+        )),
         "{challenge}"
     );
     assert!(
@@ -394,7 +399,10 @@ async fn entra_token_and_admin_api() {
         s.extend_pairs(pairs);
         s.finish()
     };
-    let token_url = format!("{}tenant-1/oauth2/v2.0/token", h.emu.authority_host());
+    let token_url = format!(
+        "{}{EMULATOR_TENANT_ID}/oauth2/v2.0/token",
+        h.emu.authority_host()
+    );
     let rsp = h
         .http
         .post(&token_url)
@@ -644,7 +652,7 @@ async fn official_sdk_with_workload_identity() {
     let credential = WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
         credential_options: ClientAssertionCredentialOptions { client_options },
         client_id: Some("workload-app".into()),
-        tenant_id: Some(kvfs::emulator::EMULATOR_TENANT_ID.into()),
+        tenant_id: Some(EMULATOR_TENANT_ID.into()),
         token_file_path: Some(token_file),
     }))
     .expect("credential");
@@ -657,4 +665,499 @@ async fn official_sdk_with_workload_identity() {
     assert_eq!(secret.value.as_deref(), Some("hunter2"));
     let c = h.emu.vault().counters();
     assert_eq!((c.entra_tokens, c.challenges, c.get_secret), (1, 1, 1));
+}
+
+/// An IMDS token for `resource`, straight from the emulator's IMDS (`path` is the token path).
+async fn imds_token_at(h: &Harness, path: &str, resource: &str) -> String {
+    let url = format!(
+        "{}{path}?api-version=2018-02-01&resource={resource}",
+        h.emu.imds_endpoint()
+    );
+    let rsp = h.http.get(url).header("Metadata", "true").send().await;
+    let rsp = rsp.expect("IMDS answers");
+    assert_eq!(rsp.status(), 200);
+    let body = json(rsp).await;
+    assert_eq!(body["resource"], resource);
+    body["access_token"].as_str().expect("token").to_owned()
+}
+
+/// An Entra client-credentials token for `scope` from `tenant`.
+async fn entra_token(h: &Harness, tenant: &str, scope: &str) -> String {
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("client_id", "app"),
+            ("client_secret", "s3cret"),
+            ("grant_type", "client_credentials"),
+            ("scope", scope),
+        ])
+        .finish();
+    let url = format!("{}{tenant}/oauth2/v2.0/token", h.emu.authority_host());
+    let rsp = h.http.post(url).body(form).send().await.expect("entra");
+    assert_eq!(rsp.status(), 200);
+    json(rsp).await["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned()
+}
+
+/// The JSON claims of a JWT.
+fn claims(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+/// Asserts a 401 with the challenge header and Key Vault's error body; returns the message.
+fn assert_challenged(status: u16, headers: &reqwest::header::HeaderMap, body: &Value) -> String {
+    assert_eq!(status, 401, "{body}");
+    let challenge = headers["www-authenticate"].to_str().expect("ascii");
+    assert_eq!(
+        challenge,
+        format!(
+            "Bearer authorization=\"https://login.windows.net/{EMULATOR_TENANT_ID}\", resource=\"https://vault.azure.net\""
+        )
+    );
+    assert_eq!(body["error"]["code"], "Unauthorized");
+    body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn tokens_for_another_audience_or_tenant_are_refused() {
+    let h = start().await;
+    h.emu.vault().set_secret("db", "v");
+    let path = "secrets/db?api-version=7.6";
+
+    let wrong = imds_token_at(
+        &h,
+        "/metadata/identity/oauth2/token",
+        "https://management.azure.com",
+    )
+    .await;
+    assert_eq!(claims(&wrong)["aud"], "https://management.azure.com");
+    assert_eq!(claims(&wrong)["tid"], EMULATOR_TENANT_ID);
+    let (status, headers, body) = h.get(path, &wrong).await;
+    let message = assert_challenged(status, &headers, &body);
+    assert!(
+        message.starts_with("AKV10022: Invalid audience"),
+        "{message}"
+    );
+    assert!(
+        message.contains("https://management.azure.com"),
+        "{message}"
+    );
+
+    let storage = entra_token(&h, EMULATOR_TENANT_ID, "https://storage.azure.com/.default").await;
+    assert_eq!(claims(&storage)["aud"], "https://storage.azure.com");
+    let (status, headers, body) = h.get(path, &storage).await;
+    let message = assert_challenged(status, &headers, &body);
+    assert!(
+        message.starts_with("AKV10022: Invalid audience"),
+        "{message}"
+    );
+
+    let foreign = entra_token(&h, "other-tenant", "https://vault.azure.net/.default").await;
+    assert_eq!(
+        (&claims(&foreign)["aud"], &claims(&foreign)["tid"]),
+        (
+            &Value::from("https://vault.azure.net"),
+            &Value::from("other-tenant")
+        )
+    );
+    let (status, headers, body) = h.get(path, &foreign).await;
+    let message = assert_challenged(status, &headers, &body);
+    assert!(message.starts_with("AKV10032: Invalid issuer"), "{message}");
+
+    let direct =
+        h.emu
+            .vault()
+            .issue_token_for("tests", "https://vault.azure.cn", EMULATOR_TENANT_ID);
+    let (status, headers, body) = h.get(path, &direct).await;
+    assert!(assert_challenged(status, &headers, &body).starts_with("AKV10022"));
+
+    let (status, headers, body) = h.get(path, "not-a-token").await;
+    assert!(assert_challenged(status, &headers, &body).starts_with("AKV10032"));
+
+    let good = entra_token(&h, EMULATOR_TENANT_ID, "https://vault.azure.net/.default").await;
+    let (status, _, body) = h.get(path, &good).await;
+    assert_eq!((status, &body["value"]), (200, &Value::from("v")));
+    let good = imds_token_at(
+        &h,
+        "/metadata/identity/oauth2/token",
+        "https://vault.azure.net",
+    )
+    .await;
+    assert_eq!(h.get(path, &good).await.0, 200);
+
+    let c = h.emu.vault().counters();
+    assert_eq!((c.challenges, c.get_secret), (5, 2));
+    assert_eq!((c.imds_tokens, c.entra_tokens), (2, 3));
+}
+
+#[tokio::test]
+async fn api_version_must_be_a_known_one() {
+    let h = start().await;
+    h.emu.vault().set_secret("db", "v");
+    let token = h.emu.vault().issue_token("tests");
+    for version in API_VERSIONS {
+        let (status, _, body) = h
+            .get(&format!("secrets/db?api-version={version}"), &token)
+            .await;
+        assert_eq!(status, 200, "{version}: {body}");
+    }
+    assert!(API_VERSIONS.contains(&"2025-07-01"), "the Rust SDK's");
+    assert!(API_VERSIONS.contains(&"2026-04-01"), "the Python SDK's");
+    for query in [
+        "",
+        "?api-version=",
+        "?api-version=7.7",
+        "?api-version=2099-01-01",
+        "?api-version=7.6-bogus",
+        "?maxresults=1",
+    ] {
+        for path in ["secrets/db", "secrets", "secrets/db/versions"] {
+            let (status, _, body) = h.get(&format!("{path}{query}"), &token).await;
+            assert_eq!(status, 400, "{path}{query}: {body}");
+            assert_eq!(body["error"]["code"], "BadParameter", "{path}{query}");
+            assert!(body["error"]["message"].is_string());
+        }
+    }
+    let (status, _, body) = h.get("secrets?api-version=7.7", "").await;
+    assert_eq!(status, 401, "the challenge comes first: {body}");
+    let c = h.emu.vault().counters();
+    assert_eq!(c.get_secret, API_VERSIONS.len() as u64 + 6);
+}
+
+#[tokio::test]
+async fn imds_answers_the_path_with_a_trailing_slash() {
+    let h = start().await;
+    h.emu.vault().set_secret("db", "v");
+    let token = imds_token_at(
+        &h,
+        "/metadata/identity/oauth2/token/",
+        "https://vault.azure.net",
+    )
+    .await;
+    let (status, _, body) = h.get("secrets/db?api-version=7.6", &token).await;
+    assert_eq!((status, &body["value"]), (200, &Value::from("v")));
+    let url = format!(
+        "{}/metadata/identity/oauth2/token/?api-version=2018-02-01&resource=https://vault.azure.net",
+        h.emu.imds_endpoint()
+    );
+    let rsp = h.http.get(&url).send().await.expect("IMDS");
+    assert_eq!(rsp.status(), 400, "Metadata header required here too");
+    let rsp = h.http.post(&url).header("Metadata", "true").send().await;
+    let rsp = rsp.expect("IMDS");
+    assert_eq!(rsp.status(), 405);
+    assert_eq!(json(rsp).await["error"], "invalid_request");
+    let rsp = h
+        .http
+        .get(format!("{}/metadata/instance", h.emu.imds_endpoint()))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .expect("IMDS");
+    assert_eq!(rsp.status(), 404);
+    assert_eq!(json(rsp).await["error"], "not_found");
+    let c = h.emu.vault().counters();
+    assert_eq!(c.imds_tokens, 3, "both spellings count as token requests");
+    let kinds: Vec<RequestKind> = h.emu.vault().requests().iter().map(|r| r.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            RequestKind::ImdsToken,
+            RequestKind::GetSecret,
+            RequestKind::ImdsToken,
+            RequestKind::ImdsToken,
+            RequestKind::Other
+        ]
+    );
+}
+
+#[tokio::test]
+async fn unimplemented_operations_answer_key_vault_errors() {
+    let h = start().await;
+    let vault = h.emu.vault();
+    let version = vault.set_secret("db", "v");
+    let token = vault.issue_token("tests");
+    let cases = [
+        ("DELETE", "secrets/db".to_owned(), 405, "MethodNotAllowed"),
+        (
+            "PATCH",
+            format!("secrets/db/{version}"),
+            405,
+            "MethodNotAllowed",
+        ),
+        ("POST", "secrets".to_owned(), 405, "MethodNotAllowed"),
+        (
+            "DELETE",
+            "secrets/db/versions".to_owned(),
+            405,
+            "MethodNotAllowed",
+        ),
+        (
+            "POST",
+            "secrets/db/backup".to_owned(),
+            405,
+            "MethodNotAllowed",
+        ),
+        ("GET", "keys/k".to_owned(), 404, "NotFound"),
+        ("GET", "deletedsecrets".to_owned(), 404, "NotFound"),
+        ("GET", "secrets/db/a/b".to_owned(), 404, "NotFound"),
+    ];
+    for (method, path, want_status, want_code) in cases {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let rsp = h
+            .http
+            .request(method.clone(), h.url(&format!("{path}?api-version=7.6")))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(rsp.status().as_u16(), want_status, "{method} {path}");
+        let content_type = rsp.headers()["content-type"].to_str().expect("ascii");
+        assert_eq!(content_type, "application/json", "{method} {path}");
+        let body = json(rsp).await;
+        assert_eq!(body["error"]["code"], want_code, "{method} {path}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(!message.is_empty(), "{method} {path}");
+    }
+    let rsp = h
+        .http
+        .delete(h.url("secrets/db?api-version=7.6"))
+        .send()
+        .await;
+    let rsp = rsp.expect("answer");
+    let (status, headers) = (rsp.status().as_u16(), rsp.headers().clone());
+    let message = assert_challenged(status, &headers, &json(rsp).await);
+    assert!(message.starts_with("AKV10000"), "{message}");
+    let (status, _, body) = h.get("secrets/db?api-version=7.6", &token).await;
+    assert_eq!(
+        (status, &body["value"]),
+        (200, &Value::from("v")),
+        "still there"
+    );
+}
+
+#[tokio::test]
+async fn empty_pages_carry_next_links() {
+    let h = start().await;
+    let vault = h.emu.vault();
+    for i in 0..3 {
+        vault.set_secret(&format!("s-{i}"), "v");
+    }
+    let rsp = h
+        .http
+        .post(h.url("_admin/paging"))
+        .body(r#"{"emptyPages": 2}"#)
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(rsp.status(), 204);
+    let rsp = h
+        .http
+        .post(h.url("_admin/paging"))
+        .body(r#"{"pages": 2}"#)
+        .send()
+        .await;
+    assert_eq!(rsp.expect("admin").status(), 400);
+    let token = vault.issue_token("tests");
+    let mut url = h.url("secrets?api-version=7.6&maxresults=2");
+    let mut sizes = Vec::new();
+    loop {
+        let rsp = h
+            .http
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("page");
+        assert_eq!(rsp.status(), 200);
+        let body = json(rsp).await;
+        sizes.push(body["value"].as_array().expect("value array").len());
+        match body["nextLink"].as_str() {
+            Some(next) => {
+                assert!(
+                    next.starts_with(&h.url("secrets?api-version=7.6&$skiptoken=")),
+                    "{next}"
+                );
+                assert!(next.ends_with("&maxresults=2"), "{next}");
+                url = next.to_owned();
+            }
+            None => {
+                assert!(body["nextLink"].is_null(), "{body}");
+                break;
+            }
+        }
+    }
+    assert_eq!(sizes, [0, 0, 2, 0, 0, 1, 0, 0]);
+
+    let port = url::Url::parse(&h.emu.vault_url())
+        .expect("url")
+        .port()
+        .expect("port");
+    let rsp = h
+        .http
+        .get(h.url("secrets?api-version=7.6"))
+        .header("host", "localhost")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("page");
+    let next = json(rsp).await["nextLink"]
+        .as_str()
+        .expect("next")
+        .to_owned();
+    assert!(
+        next.starts_with(&format!("https://localhost:{port}/secrets?")),
+        "the port is always spelled out, as Azure writes :443: {next}"
+    );
+
+    let (status, _, body) = h
+        .get("secrets/unknown/versions?api-version=7.6", &token)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["value"], serde_json::json!([]));
+    assert!(body["nextLink"].is_string(), "empty pages here too: {body}");
+}
+
+#[tokio::test]
+async fn official_sdk_pager_crosses_empty_pages() {
+    let h = start().await;
+    let vault = h.emu.vault();
+    for i in 0..60 {
+        vault.set_secret(&format!("secret-{i:02}"), "v");
+    }
+    let mut want_versions = Vec::new();
+    for i in 0..27 {
+        want_versions.push(vault.set_secret("rotated", &format!("v{i}")));
+    }
+    vault.set_empty_pages(3);
+    let credential = ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+        user_assigned_id: None,
+        client_options: client_options(&h),
+    }))
+    .expect("credential");
+    let client = secret_client(&h, credential);
+
+    let mut names = Vec::new();
+    let mut pager = client.list_secret_properties(None).expect("pager");
+    while let Some(item) = pager.try_next().await.expect("page") {
+        names.push(item.resource_id().expect("id").name);
+    }
+    let mut want: Vec<String> = (0..60).map(|i| format!("secret-{i:02}")).collect();
+    want.insert(60, "rotated".into());
+    want.sort();
+    assert_eq!(names, want);
+
+    let mut versions = Vec::new();
+    let mut pager = client
+        .list_secret_properties_versions("rotated", None)
+        .expect("pager");
+    while let Some(item) = pager.try_next().await.expect("page") {
+        versions.push(item.resource_id().expect("id").version.expect("version"));
+    }
+    assert_eq!(versions, want_versions);
+
+    let c = vault.counters();
+    // Pages of items, each after 3 empty pages, then 3 trailing empty pages.
+    assert_eq!(c.list_secrets, 3 * 4 + 3, "61 secrets: {c:?}");
+    assert_eq!(c.list_versions, 2 * 4 + 3, "27 versions: {c:?}");
+    let data: Vec<_> = vault
+        .requests()
+        .into_iter()
+        .filter(|r| matches!(r.kind, RequestKind::ListSecrets | RequestKind::ListVersions))
+        .collect();
+    assert!(
+        data.iter()
+            .all(|r| r.query.contains("api-version=2025-07-01")),
+        "the Rust SDK sends 2025-07-01: {data:?}"
+    );
+    h.emu.shutdown().await;
+}
+
+/// A client that trusts `ca_pem` and keeps no idle connections (the server restarts under it).
+fn fresh_client(ca_pem: &str) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA PEM");
+    reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("reqwest client")
+}
+
+#[tokio::test]
+async fn state_dir_keeps_ca_and_token_key_across_restarts() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let first = Emulator::start(EmulatorConfig::new(&state))
+        .await
+        .expect("first start");
+    let port = |u: &str| url::Url::parse(u).expect("url").port().expect("port");
+    let (vault_port, imds_port) = (port(&first.vault_url()), port(&first.imds_endpoint()));
+    let old_ca = first.ca_pem().to_owned();
+    let old_client = fresh_client(&old_ca);
+    let token = first.vault().issue_token("before-restart");
+    let list = format!("{}secrets?api-version=7.6", first.vault_url());
+    let rsp = old_client.get(&list).bearer_auth(&token).send().await;
+    assert_eq!(rsp.expect("first").status(), 200);
+    for (file, mode) in [("ca.pem", 0o644), ("ca.key", 0o600), ("token.key", 0o600)] {
+        let meta = std::fs::metadata(state.join(file)).expect(file);
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{file}");
+    }
+    first.shutdown().await;
+
+    let config = EmulatorConfig {
+        vault_port,
+        imds_port,
+        ..EmulatorConfig::new(&state)
+    };
+    let second = Emulator::start(config).await.expect("restart");
+    assert_eq!(second.ca_pem(), old_ca);
+    assert_eq!(
+        std::fs::read_to_string(second.ca_path()).expect("ca"),
+        old_ca
+    );
+    second.vault().set_secret("db", "after");
+    let rsp = old_client
+        .get(format!("{}secrets/db?api-version=7.6", second.vault_url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("the old CA still trusts the restarted emulator");
+    assert_eq!(
+        rsp.status(),
+        200,
+        "a token from before the restart verifies"
+    );
+    assert_eq!(json(rsp).await["value"], "after");
+    second.shutdown().await;
+
+    let config = EmulatorConfig {
+        vault_port,
+        imds_port,
+        ..EmulatorConfig::new(dir.path().join("other"))
+    };
+    let third = Emulator::start(config).await.expect("fresh state");
+    assert_ne!(third.ca_pem(), old_ca, "a fresh state dir gets a new CA");
+    let err = old_client.get(&list).bearer_auth(&token).send().await;
+    assert!(err.is_err(), "the old CA does not trust the new one");
+    let new_client = fresh_client(third.ca_pem());
+    let rsp = new_client.get(&list).bearer_auth(&token).send().await;
+    let rsp = rsp.expect("new CA trusted");
+    assert_eq!(rsp.status(), 401, "the old token key is gone");
+    assert_eq!(third.vault().counters().challenges, 1);
+    third.shutdown().await;
 }

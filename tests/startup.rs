@@ -184,7 +184,7 @@ fn workload_identity_exchanges_the_federated_token() {
     let mut cmd = env.command(&path, &[]);
     cmd.env("AZURE_FEDERATED_TOKEN_FILE", &token)
         .env("AZURE_CLIENT_ID", "00000000-0000-0000-0000-0000000000aa")
-        .env("AZURE_TENANT_ID", "72f988bf-86f1-41af-91ab-2d7cd011db47")
+        .env("AZURE_TENANT_ID", kvfs::emulator::EMULATOR_TENANT_ID)
         .env("AZURE_AUTHORITY_HOST", env.emulator().authority_host());
     let m = Mount::start(cmd, path);
     assert_eq!(m.read("s").unwrap(), b"from-workload-identity");

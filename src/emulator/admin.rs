@@ -32,6 +32,7 @@ pub fn routes() -> Router<AppState> {
         .route("/identity", post(set_identity))
         .route("/rbac", post(set_rbac))
         .route("/latency", post(set_latency))
+        .route("/paging", post(set_paging))
 }
 
 fn admin_error(status: StatusCode, message: &str) -> Response {
@@ -170,6 +171,23 @@ async fn set_latency(State(app): State<AppState>, body: Bytes) -> Response {
         Ok(Latency { ms }) => {
             app.vault
                 .set_service_latency(std::time::Duration::from_millis(ms));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(message) => bad_request(&message),
+    }
+}
+
+/// `POST /_admin/paging`: `{"emptyPages": n}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Paging {
+    empty_pages: u32,
+}
+
+async fn set_paging(State(app): State<AppState>, body: Bytes) -> Response {
+    match parse::<Paging>(&body) {
+        Ok(Paging { empty_pages }) => {
+            app.vault.set_empty_pages(empty_pages);
             StatusCode::NO_CONTENT.into_response()
         }
         Err(message) => bad_request(&message),

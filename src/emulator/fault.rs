@@ -19,7 +19,7 @@ pub enum RequestKind {
     ListSecrets,
     /// One page of `GET /secrets/{name}/versions`.
     ListVersions,
-    /// `GET /metadata/identity/oauth2/token` on the IMDS port.
+    /// `GET /metadata/identity/oauth2/token[/]` on the IMDS port.
     ImdsToken,
     /// `POST /{tenant}/oauth2/v2.0/token` on the HTTPS port.
     EntraToken,
@@ -118,7 +118,7 @@ pub fn classify(server: Server, method: &str, path: &str) -> Route {
         name: name.map(str::to_owned),
     };
     if server == Server::Imds {
-        let kind = if path == "/metadata/identity/oauth2/token" {
+        let kind = if path.strip_suffix('/').unwrap_or(path) == "/metadata/identity/oauth2/token" {
             RequestKind::ImdsToken
         } else {
             RequestKind::Other
@@ -219,11 +219,19 @@ mod tests {
         for (method, path, want) in table {
             assert_eq!(vault(method, path), want, "{method} {path}");
         }
-        let imds = classify(Server::Imds, "GET", "/metadata/identity/oauth2/token");
-        assert_eq!(
-            (imds.kind, imds.plane),
-            (RequestKind::ImdsToken, Plane::Identity)
-        );
+        for path in [
+            "/metadata/identity/oauth2/token",
+            "/metadata/identity/oauth2/token/",
+        ] {
+            let imds = classify(Server::Imds, "GET", path);
+            assert_eq!(
+                (imds.kind, imds.plane),
+                (RequestKind::ImdsToken, Plane::Identity),
+                "{path}"
+            );
+        }
+        let other = classify(Server::Imds, "GET", "/metadata/identity/oauth2/tokens");
+        assert_eq!(other.kind, RequestKind::Other);
     }
 
     fn fault(kind: Option<RequestKind>, name: Option<&str>, times: Option<u32>) -> Fault {

@@ -3,7 +3,10 @@
 //!
 //! Both answer in the exact shapes the SDKs parse: IMDS gives every field as a string
 //! (`expires_on` included: a number fails to parse), Entra gives `expires_in` as a number.
-//! Tokens are the emulator's own signed tokens, good for the Key Vault listener only.
+//! Tokens are the emulator's own signed tokens, issued for whatever resource (IMDS `resource`)
+//! or scope (Entra `scope`, `/.default` stripped) was asked, by the emulator's tenant (IMDS) or
+//! the tenant in the path (Entra); Key Vault accepts only its own audience and the emulator's
+//! tenant, so a client asking for the wrong scope or tenant is refused there, as in Azure.
 
 use axum::Json;
 use axum::Router;
@@ -14,16 +17,21 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use super::routes::{AppState, EMULATOR_TENANT_ID, query_param};
+use super::routes::{AppState, query_param};
 use super::token::TOKEN_LIFETIME_SECS;
-use super::vault::now_unix;
+use super::vault::{EMULATOR_TENANT_ID, now_unix};
 
 /// Client id IMDS reports for the system-assigned identity.
 const SYSTEM_CLIENT_ID: &str = "00000000-0000-0000-0000-0000000051a1";
 
+/// IMDS token path; msal-node asks for it with a trailing slash, which IMDS also answers.
+pub const IMDS_TOKEN_PATH: &str = "/metadata/identity/oauth2/token";
+
 /// Routes of the IMDS listener.
 pub fn imds_routes() -> Router<AppState> {
-    Router::new().route("/metadata/identity/oauth2/token", get(imds_token))
+    Router::new()
+        .route(IMDS_TOKEN_PATH, get(imds_token))
+        .route("/metadata/identity/oauth2/token/", get(imds_token))
 }
 
 /// Entra routes on the HTTPS listener: token exchange and the metadata MSAL-based SDKs read.
@@ -51,6 +59,20 @@ pub async fn imds_not_found() -> Response {
         "not_found",
         "The emulator's IMDS serves only /metadata/identity/oauth2/token.",
     )
+}
+
+pub async fn imds_method_not_allowed() -> Response {
+    oauth_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request",
+        "The emulator's IMDS token endpoint answers GET only.",
+    )
+}
+
+/// The audience a token for `scope` carries: the resource, without `/.default`.
+fn audience_of_scope(scope: &str) -> &str {
+    let first = scope.split_whitespace().next().unwrap_or_default();
+    first.strip_suffix("/.default").unwrap_or(first)
 }
 
 async fn imds_token(State(app): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
@@ -83,7 +105,7 @@ async fn imds_token(State(app): State<AppState>, headers: HeaderMap, uri: Uri) -
     let now = now_unix();
     let expires_on = now.saturating_add(TOKEN_LIFETIME_SECS);
     Json(json!({
-        "access_token": app.vault.issue_token(&identity),
+        "access_token": app.vault.issue_token_for(&identity, &resource, EMULATOR_TENANT_ID),
         "client_id": client_id,
         "expires_in": TOKEN_LIFETIME_SECS.to_string(),
         "expires_on": expires_on.to_string(),
@@ -142,11 +164,12 @@ async fn entra_token(State(app): State<AppState>, uri: Uri, body: Bytes) -> Resp
     }
     let client_id = field("client_id").unwrap_or_default();
     let identity = format!("entra:{tenant}:{client_id}");
+    let audience = audience_of_scope(field("scope").unwrap_or_default());
     Json(json!({
         "token_type": "Bearer",
         "expires_in": TOKEN_LIFETIME_SECS,
         "ext_expires_in": TOKEN_LIFETIME_SECS,
-        "access_token": app.vault.issue_token(&identity),
+        "access_token": app.vault.issue_token_for(&identity, audience, &tenant),
     }))
     .into_response()
 }
@@ -174,4 +197,32 @@ async fn openid_configuration(headers: HeaderMap, uri: Uri) -> Response {
         "tenant_region_scope": "NA",
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_map_to_audiences() {
+        let table = [
+            (
+                "https://vault.azure.net/.default",
+                "https://vault.azure.net",
+            ),
+            (
+                "https://vault.azure.net//.default",
+                "https://vault.azure.net/",
+            ),
+            (
+                "https://management.azure.com/.default openid",
+                "https://management.azure.com",
+            ),
+            ("api://app", "api://app"),
+            ("", ""),
+        ];
+        for (scope, audience) in table {
+            assert_eq!(audience_of_scope(scope), audience, "{scope}");
+        }
+    }
 }

@@ -3,8 +3,10 @@
 //!
 //! The gate (an axum middleware) does what is common to all routes, in Key Vault's order:
 //! classify, count, log, inject faults, then on the data plane add service latency, challenge
-//! requests without a valid bearer token, refuse by RBAC and require `api-version`. Handlers
-//! behind it only produce content, so they read like the service's documentation.
+//! requests without a valid bearer token (or with one for another audience or tenant), require a
+//! known `api-version` and refuse by RBAC. Handlers behind it only produce content, so they read
+//! like the service's documentation. Whatever no handler serves answers in Key Vault's error
+//! shape: 404 `NotFound` for an unknown path, 405 `MethodNotAllowed` for a known path.
 
 use std::sync::Arc;
 
@@ -24,13 +26,29 @@ use serde_json::{Map, Value, json};
 use super::fault::{FaultAction, Plane, RequestKind, Route, Server, classify};
 use super::server::DropConnection;
 use super::vault::{
-    Item, Lookup, MAX_VALUE_BYTES, RequestRecord, SecretOptions, Vault, Version,
-    is_valid_secret_name,
+    EMULATOR_TENANT_ID, Item, Lookup, MAX_VALUE_BYTES, RequestRecord, SecretOptions,
+    VAULT_AUDIENCE, Vault, Version, is_valid_secret_name,
 };
 use super::{admin, identity};
 
-/// Tenant named in the challenge and accepted by the Entra endpoint.
-pub const EMULATOR_TENANT_ID: &str = "00000000-0000-0000-0000-00000000e0e0";
+/// The `api-version`s the data plane accepts: the Key Vault versions the official SDKs list
+/// as supported. Each SDK sends its newest: Rust `azure_security_keyvault_secrets` 1.0.1
+/// `2025-07-01`, Python `azure-keyvault-secrets` 4.12 `2026-04-01`, 4.9 `7.6`.
+pub const API_VERSIONS: [&str; 10] = [
+    "2016-10-01",
+    "7.0",
+    "7.1",
+    "7.2",
+    "7.3",
+    "7.4",
+    "7.5",
+    "7.6",
+    "2025-07-01",
+    "2026-04-01",
+];
+
+/// Key Vault's own application id, which Entra also accepts as its audience.
+const VAULT_APP_ID: &str = "cfa8b339-82a2-471a-a3c9-0fc0be7a4093";
 
 /// Largest and default page size of Key Vault lists.
 const MAX_RESULTS: usize = 25;
@@ -58,6 +76,7 @@ pub fn vault_router(app: AppState) -> Router {
         .merge(identity::entra_routes())
         .nest("/_admin", admin::routes())
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(app.clone(), gate))
         .with_state(app)
 }
@@ -67,6 +86,7 @@ pub fn imds_router(app: AppState) -> Router {
     Router::new()
         .merge(identity::imds_routes())
         .fallback(identity::imds_not_found)
+        .method_not_allowed_fallback(identity::imds_method_not_allowed)
         .layer(middleware::from_fn_with_state(app.clone(), gate))
         .with_state(app)
 }
@@ -175,7 +195,7 @@ async fn gate(State(app): State<AppState>, request: Request, next: Next) -> Resp
     response
 }
 
-/// Latency, challenge, counting, RBAC and api-version for a data-plane request.
+/// Latency, challenge, counting, api-version and RBAC for a data-plane request.
 async fn data_plane(vault: &Vault, route: &Route, request: Request, next: Next) -> Response {
     let latency = vault.service_latency();
     if !latency.is_zero() {
@@ -183,7 +203,7 @@ async fn data_plane(vault: &Vault, route: &Route, request: Request, next: Next) 
     }
     if let Err(message) = authenticate(vault, request.headers()) {
         vault.count(|c| c.challenges += 1);
-        return challenge(message);
+        return challenge(&message);
     }
     vault.count(|c| match route.kind {
         RequestKind::GetSecret => {
@@ -196,6 +216,18 @@ async fn data_plane(vault: &Vault, route: &Route, request: Request, next: Next) 
         RequestKind::ListVersions => c.list_versions += 1,
         _ => {}
     });
+    match query_param(request.uri(), "api-version").filter(|v| !v.is_empty()) {
+        None => {
+            return bad_parameter("The request is missing the api-version query parameter.");
+        }
+        Some(v) if !API_VERSIONS.contains(&v.as_str()) => {
+            return bad_parameter(&format!(
+                "The specified version ({v}) is not recognized. Consider using the latest supported version ({}).",
+                API_VERSIONS.last().unwrap_or(&"")
+            ));
+        }
+        Some(_) => {}
+    }
     if !vault.rbac_allowed() {
         return kv_error(
             StatusCode::FORBIDDEN,
@@ -204,39 +236,50 @@ async fn data_plane(vault: &Vault, route: &Route, request: Request, next: Next) 
             Some("ForbiddenByRbac"),
         );
     }
-    if query_param(request.uri(), "api-version").is_none_or(|v| v.is_empty()) {
-        return kv_error(
-            StatusCode::BAD_REQUEST,
-            "BadParameter",
-            "The request is missing the api-version query parameter.",
-            None,
-        );
-    }
     next.run(request).await
 }
 
-/// Checks `Authorization: Bearer <token>`; the error is the challenge's message.
-fn authenticate(vault: &Vault, headers: &HeaderMap) -> Result<(), &'static str> {
-    let missing = "AKV10000: Request is missing a Bearer or PoP token.";
+/// Whether Key Vault accepts a token issued for `aud`.
+fn is_vault_audience(aud: &str) -> bool {
+    aud.strip_suffix('/').unwrap_or(aud) == VAULT_AUDIENCE || aud == VAULT_APP_ID
+}
+
+/// Checks `Authorization: Bearer <token>`: present, signed by this emulator, unexpired, for
+/// Key Vault's audience and issued by the emulator's tenant. The error is the challenge's
+/// message, worded as Key Vault words it.
+fn authenticate(vault: &Vault, headers: &HeaderMap) -> Result<(), String> {
+    let missing = || "AKV10000: Request is missing a Bearer or PoP token.".to_owned();
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or(missing)?;
-    let (scheme, token) = value.split_once(' ').ok_or(missing)?;
+        .ok_or_else(missing)?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(missing)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(missing);
+        return Err(missing());
     }
-    vault
+    let claims = vault
         .verify_token(token.trim())
-        .map(|_| ())
-        .map_err(|_| "AKV10032: Invalid or expired token.")
+        .map_err(|_| "AKV10032: Invalid or expired token.".to_owned())?;
+    if !is_vault_audience(&claims.aud) {
+        return Err(format!(
+            "AKV10022: Invalid audience. Expected {VAULT_AUDIENCE}, found: {}.",
+            claims.aud
+        ));
+    }
+    if claims.tid != EMULATOR_TENANT_ID {
+        return Err(format!(
+            "AKV10032: Invalid issuer. Expected one of https://sts.windows.net/{EMULATOR_TENANT_ID}/, found: {}.",
+            claims.iss
+        ));
+    }
+    Ok(())
 }
 
 /// The 401 that tells a client where to get a token for Key Vault.
 fn challenge(message: &str) -> Response {
     let mut response = kv_error(StatusCode::UNAUTHORIZED, "Unauthorized", message, None);
     let value = format!(
-        "Bearer authorization=\"https://login.microsoftonline.com/{EMULATOR_TENANT_ID}\", resource=\"https://vault.azure.net\""
+        "Bearer authorization=\"https://login.windows.net/{EMULATOR_TENANT_ID}\", resource=\"{VAULT_AUDIENCE}\""
     );
     if let Ok(value) = HeaderValue::from_str(&value) {
         response
@@ -253,7 +296,8 @@ pub fn query_param(uri: &Uri, key: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// `https://host[:port]` as the client addressed us.
+/// `https://host:port` as the client addressed us, the port always written out (Azure writes
+/// `:443` into ids and `nextLink`s).
 fn base_url(app: &AppState, headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
@@ -264,7 +308,13 @@ fn base_url(app: &AppState, headers: &HeaderMap) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
         })
         .unwrap_or(&app.default_host);
-    format!("https://{host}")
+    let has_port = host.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']'));
+    if has_port {
+        format!("https://{host}")
+    } else {
+        let port = app.default_host.rsplit_once(':').map_or("443", |(_, p)| p);
+        format!("https://{host}:{port}")
+    }
 }
 
 fn attributes(v: &Version) -> Value {
@@ -354,9 +404,113 @@ fn secret_bundle(app: &AppState, headers: &HeaderMap, name: &str, version: &Vers
     Json(secret_json(id, version, Some(&version.value))).into_response()
 }
 
+/// Where a list resumes, as its `$skiptoken` encodes it (opaque to clients, as in Key Vault).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Position {
+    /// Empty pages already served at this cursor.
+    empties: u32,
+    cursor: Cursor,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Cursor {
+    /// Before the first item.
+    Start,
+    /// Continue at this handler-defined key.
+    At(String),
+    /// Every item was served; only trailing empty pages remain.
+    End,
+}
+
+impl Position {
+    const START: Position = Position {
+        empties: 0,
+        cursor: Cursor::Start,
+    };
+
+    /// `{empties}|s`, `{empties}|a{key}` or `{empties}|e`, base64url.
+    fn encode(&self) -> String {
+        let cursor = match &self.cursor {
+            Cursor::Start => "s".to_owned(),
+            Cursor::At(key) => format!("a{key}"),
+            Cursor::End => "e".to_owned(),
+        };
+        URL_SAFE_NO_PAD.encode(format!("{}|{cursor}", self.empties))
+    }
+
+    fn decode(raw: &str) -> Option<Position> {
+        let bytes = URL_SAFE_NO_PAD.decode(raw.as_bytes()).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let (empties, cursor) = text.split_once('|')?;
+        let cursor = match cursor.split_at_checked(1)? {
+            ("s", "") => Cursor::Start,
+            ("e", "") => Cursor::End,
+            ("a", key) => Cursor::At(key.to_owned()),
+            _ => return None,
+        };
+        Some(Position {
+            empties: empties.parse().ok()?,
+            cursor,
+        })
+    }
+}
+
+/// What one list request answers: items, and where the next page starts (`None`: no
+/// `nextLink`).
+struct Page {
+    items: Vec<Value>,
+    next: Option<Position>,
+}
+
+/// The page at `at`, with `empty_pages` empty pages before each page of items and after the
+/// last. `fetch(key, max)` reads items from a cursor key (`None`: the start) and returns the
+/// key of the next page; its error is a 400's message.
+fn page_at(
+    at: Position,
+    empty_pages: u32,
+    max: usize,
+    fetch: impl FnOnce(Option<&str>, usize) -> Result<(Vec<Value>, Option<String>), &'static str>,
+) -> Result<Page, &'static str> {
+    let empty = |next: Option<Position>| Page {
+        items: Vec::new(),
+        next,
+    };
+    let Position { empties, cursor } = at;
+    if cursor == Cursor::End {
+        let served = empties.saturating_add(1);
+        return Ok(empty((served < empty_pages).then_some(Position {
+            empties: served,
+            cursor,
+        })));
+    }
+    if empties < empty_pages {
+        return Ok(empty(Some(Position {
+            empties: empties.saturating_add(1),
+            cursor,
+        })));
+    }
+    let key = match &cursor {
+        Cursor::At(key) => Some(key.as_str()),
+        Cursor::Start | Cursor::End => None,
+    };
+    let (items, next) = fetch(key, max)?;
+    let next = match next {
+        Some(key) => Some(Position {
+            empties: 0,
+            cursor: Cursor::At(key),
+        }),
+        None if empty_pages > 0 => Some(Position {
+            empties: 0,
+            cursor: Cursor::End,
+        }),
+        None => None,
+    };
+    Ok(Page { items, next })
+}
+
 /// `maxresults` (1..=25, default 25) and the decoded `$skiptoken`; the error is the message of
 /// a 400 BadParameter.
-fn page_params(uri: &Uri) -> Result<(usize, Option<String>), &'static str> {
+fn page_params(uri: &Uri) -> Result<(usize, Position), &'static str> {
     let max = match query_param(uri, "maxresults") {
         None => MAX_RESULTS,
         Some(raw) => match raw.parse::<usize>() {
@@ -364,50 +518,57 @@ fn page_params(uri: &Uri) -> Result<(usize, Option<String>), &'static str> {
             _ => return Err("Invalid maxresults: the value must be between 1 and 25."),
         },
     };
-    let token = match query_param(uri, "$skiptoken").filter(|t| !t.is_empty()) {
-        None => None,
-        Some(raw) => {
-            let decoded = URL_SAFE_NO_PAD
-                .decode(raw.as_bytes())
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok());
-            Some(decoded.ok_or("Invalid $skiptoken.")?)
-        }
+    let at = match query_param(uri, "$skiptoken").filter(|t| !t.is_empty()) {
+        None => Position::START,
+        Some(raw) => Position::decode(&raw).ok_or("Invalid $skiptoken.")?,
     };
-    Ok((max, token))
+    Ok((max, at))
 }
 
 /// The list response: items plus a `nextLink` that repeats api-version and maxresults, with a
 /// literal `$skiptoken` as the service writes it.
-fn list_json(
-    base: &str,
-    path: &str,
-    uri: &Uri,
-    items: Vec<Value>,
-    next: Option<String>,
-    max: usize,
-) -> Value {
-    let next_link = next.map(|token| {
+fn list_json(base: &str, path: &str, uri: &Uri, page: Page, max: usize) -> Value {
+    let next_link = page.next.map(|at| {
         let api = query_param(uri, "api-version").unwrap_or_default();
         let api: String = url::form_urlencoded::byte_serialize(api.as_bytes()).collect();
-        let token = URL_SAFE_NO_PAD.encode(token);
+        let token = at.encode();
         format!("{base}{path}?api-version={api}&$skiptoken={token}&maxresults={max}")
     });
-    json!({ "value": items, "nextLink": next_link })
+    json!({ "value": page.items, "nextLink": next_link })
+}
+
+/// Serves one page of a list at `path` from `fetch` (see [`page_at`]).
+fn list_response(
+    app: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    path: &str,
+    fetch: impl FnOnce(&str, Option<&str>, usize) -> Result<(Vec<Value>, Option<String>), &'static str>,
+) -> Response {
+    let base = base_url(app, headers);
+    let page = page_params(uri).and_then(|(max, at)| {
+        let page = page_at(at, app.vault.empty_pages(), max, |key, max| {
+            fetch(&base, key, max)
+        })?;
+        Ok((max, page))
+    });
+    match page {
+        Ok((max, page)) => Json(list_json(&base, path, uri, page, max)).into_response(),
+        Err(message) => bad_parameter(message),
+    }
 }
 
 async fn list_secrets(State(app): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    let (max, after) = match page_params(&uri) {
-        Ok(params) => params,
-        Err(message) => return bad_parameter(message),
-    };
-    let base = base_url(&app, &headers);
-    let (page, next) = app.vault.list_page(after.as_deref(), max);
-    let items = page
-        .iter()
-        .map(|Item { name, version }| secret_json(format!("{base}/secrets/{name}"), version, None))
-        .collect();
-    Json(list_json(&base, "/secrets", &uri, items, next, max)).into_response()
+    list_response(&app, &headers, &uri, "/secrets", |base, after, max| {
+        let (page, next) = app.vault.list_page(after, max);
+        let items = page
+            .iter()
+            .map(|Item { name, version }| {
+                secret_json(format!("{base}/secrets/{name}"), version, None)
+            })
+            .collect();
+        Ok((items, next))
+    })
 }
 
 async fn list_versions(
@@ -419,30 +580,26 @@ async fn list_versions(
     if !is_valid_secret_name(&name) {
         return bad_parameter("Invalid secret name.");
     }
-    let (max, start) = match page_params(&uri) {
-        Ok(params) => params,
-        Err(message) => return bad_parameter(message),
-    };
-    let start = match start.map(|s| s.parse::<usize>()) {
-        None => 0,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => return bad_parameter("Invalid $skiptoken."),
-    };
-    let base = base_url(&app, &headers);
-    let (page, next) = app.vault.versions_page(&name, start, max);
-    let items = page
-        .iter()
-        .map(|Item { name, version }| {
-            secret_json(
-                format!("{base}/secrets/{name}/{}", version.id),
-                version,
-                None,
-            )
-        })
-        .collect();
     let path = format!("/secrets/{name}/versions");
-    let next = next.map(|n| n.to_string());
-    Json(list_json(&base, &path, &uri, items, next, max)).into_response()
+    list_response(&app, &headers, &uri, &path, |base, start, max| {
+        let start = match start.map(str::parse::<usize>) {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => return Err("Invalid $skiptoken."),
+        };
+        let (page, next) = app.vault.versions_page(&name, start, max);
+        let items = page
+            .iter()
+            .map(|Item { name, version }| {
+                secret_json(
+                    format!("{base}/secrets/{name}/{}", version.id),
+                    version,
+                    None,
+                )
+            })
+            .collect();
+        Ok((items, next.map(|n| n.to_string())))
+    })
 }
 
 /// Body of Key Vault's `PUT /secrets/{name}` (Set Secret).
@@ -500,4 +657,83 @@ async fn not_found() -> Response {
         "The emulator does not implement this operation.",
         None,
     )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> Response {
+    kv_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        &format!(
+            "The requested resource does not support http method '{method}' (path {}).",
+            uri.path()
+        ),
+        None,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Walks a list of `total` items by `max` with `empty` empty pages; returns the item count
+    /// of every page and whether the walk ended.
+    fn walk(total: usize, max: usize, empty: u32) -> Vec<usize> {
+        let mut at = Position::START;
+        let mut pages = Vec::new();
+        for _ in 0..1000 {
+            let fetch = |key: Option<&str>, max: usize| {
+                let start: usize = key.map_or(Ok(0), str::parse).map_err(|_| "bad")?;
+                let end = (start + max).min(total);
+                let items = (start..end).map(Value::from).collect();
+                Ok((items, (end < total).then(|| end.to_string())))
+            };
+            let page = page_at(at.clone(), empty, max, fetch).expect("page");
+            pages.push(page.items.len());
+            match page.next {
+                Some(next) => {
+                    let token = next.encode();
+                    at = Position::decode(&token).expect("round trip");
+                    assert_eq!(at, next);
+                }
+                None => return pages,
+            }
+        }
+        panic!("paging never ended");
+    }
+
+    #[test]
+    fn empty_pages_surround_every_page_of_items() {
+        assert_eq!(walk(60, 25, 0), [25, 25, 10]);
+        assert_eq!(walk(60, 25, 2), [0, 0, 25, 0, 0, 25, 0, 0, 10, 0, 0]);
+        assert_eq!(walk(0, 25, 0), [0]);
+        assert_eq!(walk(0, 25, 1), [0, 0, 0]);
+        assert_eq!(walk(50, 25, 1), [0, 25, 0, 25, 0]);
+    }
+
+    #[test]
+    fn skiptokens_are_checked() {
+        for bad in ["", "!!", "MXx4", "eHxz"] {
+            assert_eq!(Position::decode(bad), None, "{bad}");
+        }
+        let at = Position {
+            empties: 3,
+            cursor: Cursor::At("db-password".into()),
+        };
+        assert_eq!(Position::decode(&at.encode()), Some(at));
+    }
+
+    #[test]
+    fn vault_audiences() {
+        for good in [VAULT_AUDIENCE, "https://vault.azure.net/", VAULT_APP_ID] {
+            assert!(is_vault_audience(good), "{good}");
+        }
+        for bad in [
+            "https://management.azure.com",
+            "https://vault.azure.net/.default",
+            "https://storage.azure.com/",
+            "",
+        ] {
+            assert!(!is_vault_audience(bad), "{bad}");
+        }
+    }
 }

@@ -13,7 +13,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::fault::{self, Fault, FaultAction, RequestKind, Route};
-use super::token::{TOKEN_LIFETIME_SECS, TokenError, TokenSigner};
+use super::token::{Claims, KEY_LEN, TokenError, TokenSigner};
+
+/// The audience Key Vault accepts in a bearer token.
+pub const VAULT_AUDIENCE: &str = "https://vault.azure.net";
+
+/// The emulator's tenant: named in the challenge, stamped on IMDS tokens, required by the vault.
+pub const EMULATOR_TENANT_ID: &str = "00000000-0000-0000-0000-00000000e0e0";
 
 /// Largest value Key Vault accepts (25 KB).
 pub const MAX_VALUE_BYTES: usize = 25 * 1024;
@@ -118,6 +124,7 @@ struct State {
     identity_assigned: bool,
     rbac_allowed: bool,
     latency: Duration,
+    empty_pages: u32,
     counters: Counters,
     requests: VecDeque<RequestRecord>,
 }
@@ -171,8 +178,14 @@ pub(crate) fn page_range(
 }
 
 impl Vault {
-    /// An empty vault with a fresh token key; identity assigned, RBAC allowing, no latency.
+    /// An empty vault with a fresh token key; identity assigned, RBAC allowing, no latency,
+    /// no empty list pages.
     pub fn new() -> Self {
+        Self::with_token_key(&rand::random::<[u8; KEY_LEN]>())
+    }
+
+    /// As [`Vault::new`], signing tokens with `key` (kept in the state directory).
+    pub fn with_token_key(key: &[u8; KEY_LEN]) -> Self {
         Self {
             state: Mutex::new(State {
                 secrets: BTreeMap::new(),
@@ -180,10 +193,11 @@ impl Vault {
                 identity_assigned: true,
                 rbac_allowed: true,
                 latency: Duration::ZERO,
+                empty_pages: 0,
                 counters: Counters::default(),
                 requests: VecDeque::new(),
             }),
-            signer: TokenSigner::random(),
+            signer: TokenSigner::with_key(key),
         }
     }
 
@@ -294,13 +308,30 @@ impl Vault {
         self.lock().requests.iter().cloned().collect()
     }
 
-    /// A valid bearer token for `identity`, as IMDS or Entra would issue it.
-    pub fn issue_token(&self, identity: &str) -> String {
-        self.signer
-            .mint(identity, now_unix().saturating_add(TOKEN_LIFETIME_SECS))
+    /// Lists answer `n` pages with `"value": []` and a `nextLink` before each page of items,
+    /// and `n` empty pages after the last (the final one without `nextLink`), as the real
+    /// service sometimes does. 0 (the default) turns this off.
+    pub fn set_empty_pages(&self, n: u32) {
+        self.lock().empty_pages = n;
     }
 
-    pub(crate) fn verify_token(&self, token: &str) -> Result<String, TokenError> {
+    pub(crate) fn empty_pages(&self) -> u32 {
+        self.lock().empty_pages
+    }
+
+    /// A bearer token Key Vault accepts, issued to `identity` in the emulator's tenant.
+    pub fn issue_token(&self, identity: &str) -> String {
+        self.issue_token_for(identity, VAULT_AUDIENCE, EMULATOR_TENANT_ID)
+    }
+
+    /// A token issued to `identity` for `audience` by `tenant`, as Entra would sign it; Key
+    /// Vault refuses it unless audience and tenant are its own.
+    pub fn issue_token_for(&self, identity: &str, audience: &str, tenant: &str) -> String {
+        self.signer
+            .mint(&Claims::new(identity, audience, tenant, now_unix()))
+    }
+
+    pub(crate) fn verify_token(&self, token: &str) -> Result<Claims, TokenError> {
         self.signer.verify(token, now_unix())
     }
 
@@ -510,7 +541,13 @@ mod tests {
     fn issued_tokens_verify() {
         let vault = Vault::new();
         let token = vault.issue_token("tests");
-        assert_eq!(vault.verify_token(&token), Ok("tests".to_owned()));
+        let claims = vault.verify_token(&token);
+        assert_eq!(
+            claims
+                .as_ref()
+                .map(|c| (c.sub.as_str(), c.aud.as_str(), c.tid.as_str())),
+            Ok(("tests", VAULT_AUDIENCE, EMULATOR_TENANT_ID))
+        );
         assert!(Vault::new().verify_token(&token).is_err());
     }
 }
