@@ -216,7 +216,8 @@ pub struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub struct EmulatorArgs {
-    /// Directory for the generated CA certificate (ca.pem).
+    /// Directory for the emulator's CA (ca.pem, ca.key) and token signing key (token.key),
+    /// reused across restarts so clients keep trusting it and tokens stay valid.
     #[arg(long, value_name = "DIR", env = "KVFS_EMULATOR_STATE_DIR")]
     pub state_dir: PathBuf,
 

@@ -376,3 +376,42 @@ fn in_use_is_the_newest_version_even_when_an_older_one_was_opened_later() {
     assert_eq!(held.len(), 1);
     assert_ne!(held[0].version.as_deref(), Some(old_version.as_str()));
 }
+
+#[test]
+fn revocation_stops_every_inode_and_handle() {
+    let f = fixture_with(Duration::from_secs(300), Rotation::InPlace, 100);
+    let name = SecretName::parse("db-password").unwrap();
+    let ino = f.fs.lookup(ROOT, &os("db-password")).unwrap().attr.ino.0;
+    let handle = f.fs.open(ino).unwrap().unwrap();
+    let versions =
+        f.fs.lookup(VERSIONS, &os("db-password"))
+            .unwrap()
+            .attr
+            .ino
+            .0;
+    let version =
+        f.fs.cache()
+            .peek(&name)
+            .unwrap()
+            .properties
+            .version
+            .clone()
+            .unwrap();
+    let exact = f.fs.lookup(versions, &os(&version)).unwrap().attr.ino.0;
+    assert!(f.fs.read(exact, 0, 0, 100).is_ok());
+
+    f.fs.apply(&[Change::Gone(
+        name,
+        Revoked::Denied(crate::error::Forbidden::SecretDisabled),
+    )]);
+    for (ino, handle) in [(ino, handle), (exact, 0)] {
+        let err = f.fs.read(ino, handle, 0, 100).unwrap_err();
+        assert_eq!(err.errno(), libc::EACCES);
+        assert!(f.fs.read_now(ino, handle, 0, 100).is_err());
+    }
+    let got = f.invalidated.lock().unwrap().clone();
+    assert!(got.contains(&format!("data {exact}")), "{got:?}");
+    assert!(got.contains(&format!("{versions}/{version}")), "{got:?}");
+    assert!(got.contains(&"1/db-password".to_owned()), "{got:?}");
+    assert!(f.fs.in_use().is_empty(), "nothing revoked is refreshed");
+}
