@@ -452,11 +452,12 @@ impl SecretFs {
                     }
                 }
             }
-            Some(Node::VersionsOf { name, .. }) => {
-                if inodes.versions_of.get(&name.key()) == Some(&ino) {
-                    inodes.versions_of.remove(&name.key());
-                }
+            Some(Node::VersionsOf { name, .. })
+                if inodes.versions_of.get(&name.key()) == Some(&ino) =>
+            {
+                inodes.versions_of.remove(&name.key());
             }
+            Some(Node::VersionsOf { .. }) => {}
             None => {}
         }
     }

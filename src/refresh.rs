@@ -41,19 +41,21 @@ pub async fn keep_token_warm(credential: Arc<dyn TokenCredential>, limit: Durati
     }
 }
 
-/// Runs the refresher for the mount's life. A panic in it (a bug) is logged and the refresher
-/// restarted, so that rotation and revocation never stop silently.
-pub async fn supervise(fs: Arc<SecretFs>, period: Duration) {
+/// Runs a background task for the mount's life (the refresher). A panic in it (a bug) is
+/// logged and the task started again a second later, so that rotation and revocation never
+/// stop silently. Returns when the task returns or is cancelled.
+pub async fn supervise<F, Fut>(what: &'static str, start: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
-        match tokio::spawn(run(fs.clone(), period)).await {
-            Ok(()) => return,
+        match tokio::spawn(start()).await {
             Err(e) if e.is_panic() => {
-                tracing::error!(
-                    "the refresher panicked; restarting it (rotation and revocation continue)"
-                );
+                tracing::error!(task = what, "background task panicked; restarting it");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Err(_) => return,
+            Ok(()) | Err(_) => return,
         }
     }
 }
@@ -120,5 +122,31 @@ async fn apply(fs: &Arc<SecretFs>, changes: Vec<crate::cache::Change>) {
     let fs = fs.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || fs.apply(&changes)).await {
         tracing::warn!(error = %e, "kernel invalidation task failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_task_is_restarted() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let counted = runs.clone();
+        supervise("test", move || {
+            let runs = counted.clone();
+            async move {
+                if runs.fetch_add(1, Ordering::SeqCst) < 2 {
+                    panic!("a bug");
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            3,
+            "two panics, then a clean end"
+        );
     }
 }

@@ -276,7 +276,10 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         .map_err(mount_error)?;
     fs.set_invalidator(Box::new(KernelInvalidator(session.notifier())));
     let session = session.spawn().map_err(mount_error)?;
-    let refresher = runtime.spawn(refresh::supervise(fs, refresh::period_for(o.cache_ttl)));
+    let period = refresh::period_for(o.cache_ttl);
+    let refresher = runtime.spawn(refresh::supervise("refresh", move || {
+        refresh::run(fs.clone(), period)
+    }));
     let token_keeper = runtime.spawn(refresh::keep_token_warm(credential, o.request_timeout));
     tracing::info!(mountpoint = %plan.mountpoint.display(), vault = %plan.vault_url, "mounted");
     let unmounted_outside = runtime.block_on(async {
