@@ -181,24 +181,34 @@ impl RenewableCredential {
     /// fresh one unless one was made less than [`TOKEN_RENEWAL`] ago. True when the request
     /// should be sent once more: a newer credential than the rejected one is now current.
     pub fn token_rejected(&self, generation: u64) -> bool {
-        if self.generation() != generation {
-            return true;
-        }
-        if !self.gate.try_pass(Instant::now()) {
-            tracing::debug!(next_within = ?TOKEN_RENEWAL, "Key Vault rejected the token; a new one was fetched recently");
-            return false;
-        }
-        match credential(&self.config, &self.transport) {
-            Ok(fresh) => {
-                let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-                current.credential = fresh;
-                current.generation += 1;
+        // Decided under the write lock, so that of concurrent rejections one renews and the
+        // others see the new generation; logged after it is released.
+        let outcome = {
+            let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+            if current.generation != generation {
+                return true;
+            }
+            if !self.gate.try_pass(Instant::now()) {
+                None
+            } else {
+                Some(credential(&self.config, &self.transport).map(|fresh| {
+                    current.credential = fresh;
+                    current.generation += 1;
+                }))
+            }
+        };
+        match outcome {
+            None => {
+                tracing::debug!(next_within = ?TOKEN_RENEWAL, "Key Vault rejected the token; a new one was fetched recently");
+                false
+            }
+            Some(Ok(())) => {
                 tracing::warn!(
                     "Key Vault rejected the token (401): dropped it; the next request gets a new one"
                 );
                 true
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "Key Vault rejected the token and a new credential cannot be built");
                 false
             }

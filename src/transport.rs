@@ -59,6 +59,7 @@ pub fn build(config: &TransportConfig) -> Result<Transport, TransportError> {
             path: path.clone(),
             current: RwLock::new(Loaded { http, pem }),
             gate: OncePer::new(CA_RECHECK),
+            reloading: Mutex::new(()),
         }),
         _ => http,
     };
@@ -173,6 +174,9 @@ struct CaReloading {
     path: PathBuf,
     current: RwLock<Loaded>,
     gate: OncePer,
+    /// Held while deciding on and doing a reload: of concurrent failures, one reloads and the
+    /// others then find the new client.
+    reloading: Mutex<()>,
 }
 
 impl std::fmt::Debug for CaReloading {
@@ -195,6 +199,10 @@ impl CaReloading {
     /// After `failed` rejected a certificate: the client to try once more, if there is a newer
     /// one (another request reloaded meanwhile, or the file changed and was loaded now).
     fn reload(&self, failed: &Arc<dyn HttpClient>) -> Option<Arc<dyn HttpClient>> {
+        let _one = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let current = self.http();
         if !Arc::ptr_eq(&current, failed) {
             return Some(current);
@@ -207,13 +215,14 @@ impl CaReloading {
             .and_then(|m| m.modified())
             .ok()
             .map(|t| humantime::format_rfc3339_seconds(t).to_string());
-        {
+        let changed = {
             let loaded = self.current.read().unwrap_or_else(PoisonError::into_inner);
-            if !ca_changed(&loaded.pem, on_disk.as_deref()) {
-                tracing::warn!(path = %self.path.display(), ?modified, recheck_in = ?CA_RECHECK,
-                    "server certificate rejected and --ca-file is unchanged");
-                return None;
-            }
+            ca_changed(&loaded.pem, on_disk.as_deref())
+        };
+        if !changed {
+            tracing::warn!(path = %self.path.display(), ?modified, recheck_in = ?CA_RECHECK,
+                "server certificate rejected and --ca-file is unchanged");
+            return None;
         }
         match client(&self.config) {
             Ok(Built {
