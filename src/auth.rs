@@ -3,10 +3,18 @@
 //! `auto` picks workload identity when the pod carries a federated token file, else the
 //! managed identity of the VM or node. Every credential gets the shared transport, so the
 //! IMDS redirect, extra roots and timeouts apply to token requests too.
+//!
+//! The SDK's credentials cache their token with no way to drop it, so a token the vault
+//! rejects (a restarted or re-keyed issuer, a revoked token) would be sent until it expires.
+//! [`RenewableCredential`] is the credential everything holds: it delegates to a current SDK
+//! credential and replaces it with a fresh one (an empty cache) when Key Vault rejects a token,
+//! at most once per [`TOKEN_RENEWAL`].
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
-use azure_core::credentials::TokenCredential;
+use async_trait::async_trait;
+use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use azure_core::http::{ClientOptions, RetryOptions, Transport};
 use azure_identity::{
     AzureCliCredential, ClientAssertionCredentialOptions, ManagedIdentityCredential,
@@ -16,6 +24,13 @@ use azure_identity::{
 
 /// The scope every Key Vault token is requested for.
 pub const KEY_VAULT_SCOPE: &str = "https://vault.azure.net/.default";
+
+/// How often at most a rejected token makes kvfs drop it and get a new one. A vault that keeps
+/// rejecting fresh tokens (a tenant or audience mismatch) would otherwise cost a token request
+/// per read, and IMDS allows 20 requests per second for the whole VM, shared with every process
+/// on it; one new token per 30 s bounds that to 2 per minute while reads still recover within
+/// 30 s of an issuer change.
+pub const TOKEN_RENEWAL: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AuthMode {
@@ -118,6 +133,105 @@ pub fn credential(
     Ok(credential)
 }
 
+/// The credential kvfs hands out: the current SDK credential, replaced by a fresh one when Key
+/// Vault rejects its token. Background renewal and the `SecretClient` both hold this, so both
+/// always use the current one.
+pub struct RenewableCredential {
+    config: AuthConfig,
+    transport: Transport,
+    current: RwLock<Current>,
+    gate: crate::transport::OncePer,
+}
+
+struct Current {
+    credential: Arc<dyn TokenCredential>,
+    /// Counts replacements; a request notes it before it is sent.
+    generation: u64,
+}
+
+impl std::fmt::Debug for RenewableCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenewableCredential")
+            .field("mode", &self.config.resolved_mode())
+            .field("generation", &self.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RenewableCredential {
+    pub fn new(config: &AuthConfig, transport: &Transport) -> Result<Self, AuthError> {
+        Ok(Self {
+            config: config.clone(),
+            transport: transport.clone(),
+            current: RwLock::new(Current {
+                credential: credential(config, transport)?,
+                generation: 0,
+            }),
+            gate: crate::transport::OncePer::new(TOKEN_RENEWAL),
+        })
+    }
+
+    /// Which credential is current; note it before a request to pass it to
+    /// [`RenewableCredential::token_rejected`].
+    pub fn generation(&self) -> u64 {
+        self.read().generation
+    }
+
+    /// Key Vault rejected a token from credential `generation`. Replaces that credential with a
+    /// fresh one unless one was made less than [`TOKEN_RENEWAL`] ago. True when the request
+    /// should be sent once more: a newer credential than the rejected one is now current.
+    pub fn token_rejected(&self, generation: u64) -> bool {
+        // Decided under the write lock, so that of concurrent rejections one renews and the
+        // others see the new generation; logged after it is released.
+        let outcome = {
+            let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+            if current.generation != generation {
+                return true;
+            }
+            if !self.gate.try_pass(Instant::now()) {
+                None
+            } else {
+                Some(credential(&self.config, &self.transport).map(|fresh| {
+                    current.credential = fresh;
+                    current.generation += 1;
+                }))
+            }
+        };
+        match outcome {
+            None => {
+                tracing::debug!(next_within = ?TOKEN_RENEWAL, "Key Vault rejected the token; a new one was fetched recently");
+                false
+            }
+            Some(Ok(())) => {
+                tracing::warn!(
+                    "Key Vault rejected the token (401): dropped it; the next request gets a new one"
+                );
+                true
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "Key Vault rejected the token and a new credential cannot be built");
+                false
+            }
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Current> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl TokenCredential for RenewableCredential {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        let credential = self.read().credential.clone();
+        credential.get_token(scopes, options).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +248,32 @@ mod tests {
         assert_eq!(c.resolved_mode(), AuthMode::ManagedIdentity);
         c.mode = AuthMode::AzureCli;
         assert_eq!(c.resolved_mode(), AuthMode::AzureCli);
+    }
+
+    #[test]
+    fn a_rejected_token_renews_the_credential_once_per_interval() {
+        let transport = crate::transport::build(&crate::transport::TransportConfig {
+            ca_file: None,
+            imds_endpoint: None,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        let config = AuthConfig {
+            mode: AuthMode::ManagedIdentity,
+            user_assigned: None,
+            federated_token_file_set: false,
+        };
+        let c = RenewableCredential::new(&config, &transport).unwrap();
+        assert_eq!(c.generation(), 0);
+        assert!(c.token_rejected(0), "the first rejection renews");
+        assert_eq!(c.generation(), 1);
+        assert!(
+            c.token_rejected(0),
+            "a request that carried the old token is retried on the new one"
+        );
+        assert_eq!(c.generation(), 1, "without another renewal");
+        assert!(!c.token_rejected(1), "the new token is rejected too: wait");
+        assert_eq!(c.generation(), 1);
     }
 }

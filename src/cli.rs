@@ -195,6 +195,11 @@ pub struct MountOptions {
     #[arg(long, env = "KVFS_NO_STARTUP_CHECK", help_heading = "Mount")]
     pub no_startup_check: bool,
 
+    /// On SIGTERM/SIGINT the mount is detached at once; files still open keep being served this
+    /// long, or until they are closed. A second signal ends it at once.
+    #[arg(long, value_name = "DURATION", default_value = "5s", env = "KVFS_SHUTDOWN_GRACE", value_parser = parse_shutdown_grace, help_heading = "Mount")]
+    pub shutdown_grace: Duration,
+
     /// Threads answering the kernel.
     #[arg(long, value_name = "N", default_value = "4", env = "KVFS_THREADS", value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Mount")]
     pub threads: u16,
@@ -254,6 +259,14 @@ fn parse_request_timeout(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
         return Err(format!("must be between 100ms and 10m, as {DURATION_FORM}"));
+    }
+    Ok(d)
+}
+
+fn parse_shutdown_grace(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > Duration::from_secs(600) {
+        return Err(format!("must be at most 10m, as {DURATION_FORM}"));
     }
     Ok(d)
 }
@@ -319,6 +332,12 @@ mod tests {
         assert!(parse_duration("5 parsecs").unwrap_err().contains("30s, 5m"));
         assert!(parse_request_timeout("10ms").is_err());
         assert!(parse_request_timeout("1h").is_err());
+        assert_eq!(parse_shutdown_grace("0s").unwrap(), Duration::ZERO);
+        assert!(
+            parse_shutdown_grace("11m")
+                .unwrap_err()
+                .contains("at most 10m")
+        );
     }
 
     #[test]

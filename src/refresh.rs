@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use azure_core::credentials::TokenCredential;
 
-use crate::auth::KEY_VAULT_SCOPE;
+use crate::auth::{KEY_VAULT_SCOPE, RenewableCredential};
 use crate::fs::SecretFs;
 
 /// How often the token is asked for in the background. The credential answers from its cache
@@ -27,7 +27,9 @@ pub fn period_for(ttl: Duration) -> Duration {
 
 /// Keeps the credential's token fresh, so that no read ever waits on the identity endpoint
 /// (IMDS can take 100 s to fail) and an identity outage near expiry shows in the log first.
-pub async fn keep_token_warm(credential: Arc<dyn TokenCredential>, limit: Duration) {
+/// Each check asks the credential that is current then: after a rejected token replaced it,
+/// the new one is kept warm.
+pub async fn keep_token_warm(credential: Arc<RenewableCredential>, limit: Duration) {
     loop {
         tokio::time::sleep(TOKEN_CHECK).await;
         match tokio::time::timeout(limit, credential.get_token(&[KEY_VAULT_SCOPE], None)).await {

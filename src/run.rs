@@ -1,17 +1,26 @@
 //! From parsed flags to a served mount: build the transport, credential, store and cache;
 //! check that a token can be had and the vault listed; clean a stale mountpoint; mount; wait
 //! for SIGTERM/SIGINT (or an external unmount); unmount.
+//!
+//! Shutdown never fails on files held open: the mount is detached lazily (MNT_DETACH), so the
+//! mountpoint is free at once and nothing stale is left, while holders of open files or of a
+//! cwd inside keep being answered for `--shutdown-grace`. The session ends when the last holder
+//! lets go, when the grace ends, or at a second signal; the process then exits, and closing
+//! /dev/fuse ends the kernel's connection (holders get ENOTCONN).
 
 use std::io;
+use std::mem::ManuallyDrop;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use azure_core::credentials::TokenCredential;
 use fuser::{Config as FuseConfig, MountOption, SessionACL};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use url::Url;
 
-use crate::auth::{self, AuthConfig, AuthMode, UserAssigned};
+use crate::auth::{self, AuthConfig, AuthMode, RenewableCredential, UserAssigned};
 use crate::cache::{CacheConfig, SecretCache};
 use crate::cli::{DemoArgs, EmulatorArgs, IdentityArgs, MountArgs, MountOptions, NetworkArgs};
 use crate::emulator::{Emulator, EmulatorConfig};
@@ -63,7 +72,15 @@ pub fn mount(args: MountArgs) -> Result<(), RunError> {
     if let Some(endpoint) = &plan.network.imds_endpoint {
         tracing::warn!(%endpoint, "managed identity token requests are redirected (AZURE_POD_IDENTITY_AUTHORITY_HOST / --imds-endpoint)");
     }
-    serve(&runtime, plan)
+    let result = serve(&runtime, plan);
+    stop(runtime);
+    result
+}
+
+/// Stops the runtime without waiting on a blocking task stuck in the kernel (an invalidation
+/// of a mount whose connection is ending).
+fn stop(runtime: tokio::runtime::Runtime) {
+    runtime.shutdown_timeout(Duration::from_secs(1));
 }
 
 /// Starts the bundled emulator with sample secrets and mounts it: no Azure account needed.
@@ -118,6 +135,7 @@ pub fn demo(args: DemoArgs) -> Result<(), RunError> {
     );
     let result = serve(&runtime, plan);
     runtime.block_on(emulator.shutdown());
+    stop(runtime);
     result
 }
 
@@ -191,8 +209,10 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         ))),
     })
     .map_err(|e| RunError::Setup(e.to_string()))?;
-    let credential =
-        auth::credential(&plan.auth, &transport).map_err(|e| RunError::Setup(e.to_string()))?;
+    let credential = Arc::new(
+        RenewableCredential::new(&plan.auth, &transport)
+            .map_err(|e| RunError::Setup(e.to_string()))?,
+    );
     let store = KeyVaultStore::new(
         &KeyVaultConfig {
             vault_url: plan.vault_url.to_string(),
@@ -275,48 +295,120 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     let session = fuser::Session::new(FuseAdapter::new(fs.clone()), &plan.mountpoint, &config)
         .map_err(mount_error)?;
     fs.set_invalidator(Box::new(KernelInvalidator(session.notifier())));
-    let session = session.spawn().map_err(mount_error)?;
+    // fuser's `Mount`, when dropped, unmounts the mountpoint by path while its connection is
+    // alive. After the lazy detach below, that path may already hold a new kvfs's mount, so
+    // the session is never dropped: the process exits instead, which closes /dev/fuse.
+    let session = ManuallyDrop::new(session.spawn().map_err(mount_error)?);
+    let mut signals = {
+        let _runtime = runtime.enter();
+        Signals::new()
+    };
     let period = refresh::period_for(o.cache_ttl);
     let refresher = runtime.spawn(refresh::supervise("refresh", move || {
         refresh::run(fs.clone(), period)
     }));
     let token_keeper = runtime.spawn(refresh::keep_token_warm(credential, o.request_timeout));
     tracing::info!(mountpoint = %plan.mountpoint.display(), vault = %plan.vault_url, "mounted");
+    let session_ended = || async {
+        while !session.guard.is_finished() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
     let unmounted_outside = runtime.block_on(async {
-        let session_ended = async {
-            while !session.guard.is_finished() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        };
         tokio::select! {
-            () = shutdown_signal() => false,
-            () = session_ended => true,
+            () = signals.recv() => false,
+            () = session_ended() => true,
         }
     });
     refresher.abort();
-    token_keeper.abort();
     if unmounted_outside {
+        token_keeper.abort();
         tracing::info!("unmounted from outside; exiting");
-        return session.join().map_err(mount_error);
+        return ManuallyDrop::into_inner(session)
+            .join()
+            .map_err(mount_error);
     }
-    tracing::info!("signal received; unmounting");
-    session.umount_and_join().map_err(mount_error)
+    tracing::info!("signal received; detaching the mount");
+    detach(&plan.mountpoint).map_err(|e| RunError::Mount {
+        path: plan.mountpoint.clone(),
+        reason: format!("cannot detach it: {e}"),
+    })?;
+    let grace = o.shutdown_grace;
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            () = session_ended() => "no file is held open any more",
+            () = tokio::time::sleep(grace) => "the shutdown grace ended",
+            () = signals.recv() => "a second signal",
+        }
+    });
+    token_keeper.abort();
+    tracing::info!(?grace, "mount detached; exiting: {outcome}");
+    Ok(())
+}
+
+/// SIGTERM and SIGINT, registered once so that a second signal is not lost.
+struct Signals(Option<(Signal, Signal)>);
+
+impl Signals {
+    fn new() -> Self {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Self(Some((term, int))),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot handle SIGTERM/SIGINT; kvfs stops only when unmounted");
+                Self(None)
+            }
+        }
+    }
+
+    async fn recv(&mut self) {
+        match &mut self.0 {
+            Some((term, int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            // Without signal handlers the process cannot shut down cleanly: wait forever rather
+            // than unmount at once.
+            None => std::future::pending::<()>().await,
+        }
+    }
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process cannot shut down cleanly: wait forever rather
-        // than unmount at once.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    Signals::new().recv().await;
+}
+
+/// Detaches the mount from `path` at once, even with files held open (MNT_DETACH): the path is
+/// free for a new mount, and the kernel keeps the connection until the last holder lets go.
+fn detach(path: &Path) -> io::Result<()> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path; umount2 reads it only.
+    if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        // Not root: fusermount3 (setuid) detaches mounts its user made.
+        Some(libc::EPERM) => {
+            let status = std::process::Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(path)
+                .status()?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!(
+                    "`fusermount3 -u -z` failed ({status})"
+                )))
+            }
+        }
+        // Unmounted from outside meanwhile: nothing left to detach.
+        Some(libc::EINVAL) => Ok(()),
+        _ => Err(err),
     }
 }
 

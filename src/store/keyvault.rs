@@ -3,14 +3,17 @@
 //! Errors are classified here, once, by HTTP status and Key Vault error code. Values arrive as
 //! the SDK's `String`s and are moved into zeroizing buffers at once. Parse errors are reported
 //! without their text: serde's messages can quote the body, and a body can hold a value.
+//!
+//! A 401 that reaches kvfs carried a token (the SDK answers the first challenge itself): the
+//! vault rejected it. The credential is then renewed (see `auth::RenewableCredential`, at most
+//! once per `TOKEN_RENEWAL`) and the request sent once more.
 
 use std::collections::BTreeMap;
-use std::error::Error as StdError;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
 use azure_core::http::headers::RETRY_AFTER;
 use azure_core::http::{ClientOptions, RetryOptions, Transport};
@@ -20,8 +23,10 @@ use azure_security_keyvault_secrets::{ResourceExt, SecretClient, SecretClientOpt
 use futures::TryStreamExt;
 
 use super::{Listing, SecretStore};
+use crate::auth::RenewableCredential;
 use crate::error::{Forbidden, StoreError, chain};
 use crate::secret::{Secret, SecretName, SecretProperties, SecretValue};
+use crate::transport::causes;
 
 #[derive(Clone, Debug)]
 pub struct KeyVaultConfig {
@@ -32,12 +37,13 @@ pub struct KeyVaultConfig {
 
 pub struct KeyVaultStore {
     client: SecretClient,
+    credential: Arc<RenewableCredential>,
 }
 
 impl KeyVaultStore {
     pub fn new(
         config: &KeyVaultConfig,
-        credential: Arc<dyn TokenCredential>,
+        credential: Arc<RenewableCredential>,
         transport: &Transport,
     ) -> Result<Self, StoreError> {
         let options = SecretClientOptions {
@@ -50,22 +56,51 @@ impl KeyVaultStore {
             verify_challenge_resource: Some(config.verify_challenge_resource),
             ..Default::default()
         };
-        let client = SecretClient::new(&config.vault_url, credential, Some(options))
+        let client = SecretClient::new(&config.vault_url, credential.clone(), Some(options))
             .map_err(|e| StoreError::Other(format!("invalid vault URL: {}", chain(&e))))?;
-        Ok(Self { client })
+        Ok(Self { client, credential })
     }
+
+    /// Runs `op`; when Key Vault rejects its token, renews the credential and runs it once more.
+    async fn renewing<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut + Send + Sync,
+        Fut: Future<Output = azure_core::Result<T>> + Send,
+    {
+        let generation = self.credential.generation();
+        match op().await {
+            Err(e) if token_rejected(&e) && self.credential.token_rejected(generation) => {
+                op().await.map_err(classify)
+            }
+            other => other.map_err(classify),
+        }
+    }
+
+    async fn list_pages(&self, name: Option<&SecretName>) -> azure_core::Result<Vec<KvProperties>> {
+        let mut pager = match name {
+            None => self.client.list_secret_properties(None)?,
+            Some(name) => self
+                .client
+                .list_secret_properties_versions(name.as_str(), None)?,
+        };
+        let mut items = Vec::new();
+        while let Some(item) = pager.try_next().await? {
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
+/// Key Vault answered 401 to a request that carried a token.
+fn token_rejected(err: &azure_core::Error) -> bool {
+    matches!(err.kind(), ErrorKind::HttpResponse { status, .. } if u16::from(*status) == 401)
 }
 
 #[async_trait]
 impl SecretStore for KeyVaultStore {
     async fn list(&self) -> Result<Listing, StoreError> {
-        let mut pager = self.client.list_secret_properties(None).map_err(classify)?;
-        let mut listing = Vec::new();
-        while let Some(item) = pager.try_next().await.map_err(classify)? {
-            if let Some(properties) = from_list_item(&item) {
-                listing.push(properties);
-            }
-        }
+        let items = self.renewing(|| self.list_pages(None)).await?;
+        let mut listing: Vec<_> = items.iter().filter_map(from_list_item).collect();
         listing.sort_by_key(|p| p.name.key());
         Ok(Arc::new(listing))
     }
@@ -75,16 +110,8 @@ impl SecretStore for KeyVaultStore {
     }
 
     async fn list_versions(&self, name: &SecretName) -> Result<Listing, StoreError> {
-        let mut pager = self
-            .client
-            .list_secret_properties_versions(name.as_str(), None)
-            .map_err(classify)?;
-        let mut listing = Vec::new();
-        while let Some(item) = pager.try_next().await.map_err(classify)? {
-            if let Some(properties) = from_list_item(&item) {
-                listing.push(properties);
-            }
-        }
+        let items = self.renewing(|| self.list_pages(Some(name))).await?;
+        let mut listing: Vec<_> = items.iter().filter_map(from_list_item).collect();
         listing.sort_by(|a, b| a.version.cmp(&b.version));
         Ok(Arc::new(listing))
     }
@@ -104,15 +131,15 @@ impl KeyVaultStore {
         name: &SecretName,
         version: Option<&str>,
     ) -> Result<Arc<Secret>, StoreError> {
-        let options = version.map(|v| SecretClientGetSecretOptions {
-            secret_version: Some(v.to_owned()),
-            ..Default::default()
-        });
+        let options = || {
+            version.map(|v| SecretClientGetSecretOptions {
+                secret_version: Some(v.to_owned()),
+                ..Default::default()
+            })
+        };
         let response = self
-            .client
-            .get_secret(name.as_str(), options)
-            .await
-            .map_err(classify)?;
+            .renewing(|| self.client.get_secret(name.as_str(), options()))
+            .await?;
         let secret = response
             .into_model()
             .map_err(|_| StoreError::Other("cannot parse Key Vault's secret response".into()))?;
@@ -240,23 +267,6 @@ fn inner_code(body: &[u8]) -> Option<String> {
         .and_then(|i| i.get("code"))
         .or_else(|| error.get("code"))?;
     code.as_str().map(str::to_owned)
-}
-
-/// Every cause of `err`, looking inside `io::Error`s, whose `source()` skips the wrapped error.
-fn causes<'a>(err: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {
-    let mut out = Vec::new();
-    let mut next = Some(err);
-    while let Some(e) = next {
-        out.push(e);
-        next = match e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(inner) => Some(inner as &(dyn StdError + 'static)),
-            None => e.source(),
-        };
-    }
-    out
 }
 
 /// The HTTP status of a credential failure, which the SDK keeps a few causes down.
