@@ -11,6 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use azure_core::http::{AsyncRawResponse, HttpClient, Request, Transport, Url};
 
+pub mod limit;
+
 /// Where the Azure SDK sends IMDS requests; the Rust SDK hard-codes it.
 const IMDS_HOST: &str = "169.254.169.254";
 
@@ -59,6 +61,7 @@ pub fn build(config: &TransportConfig) -> Result<Transport, TransportError> {
         }),
         None => Arc::new(client),
     };
+    let http = Arc::new(limit::BodyLimit::new(http, limit::MAX_BODY_BYTES));
     Ok(Transport::new(http))
 }
 
