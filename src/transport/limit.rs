@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
+use azure_core::Bytes;
 use azure_core::error::ErrorKind;
 use azure_core::http::headers::CONTENT_LENGTH;
 use azure_core::http::response::PinnedStream;
 use azure_core::http::{AsyncRawResponse, HttpClient, Request};
-use azure_core::Bytes;
 use futures::Stream;
 
 /// Largest response body kvfs accepts (see the module doc for why 1 MiB).
@@ -190,7 +190,12 @@ mod tests {
         let pulled = Arc::clone(&inner.pulled);
         let client = BodyLimit::new(inner, MAX_BODY_BYTES);
         let err = client.execute_request(&request()).await.unwrap_err();
-        assert_eq!(root_cause(&err), Some(&BodyTooLarge { limit: MAX_BODY_BYTES }));
+        assert_eq!(
+            root_cause(&err),
+            Some(&BodyTooLarge {
+                limit: MAX_BODY_BYTES
+            })
+        );
         assert_eq!(pulled.load(Ordering::SeqCst), 0);
     }
 
