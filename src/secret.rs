@@ -154,6 +154,49 @@ mod tests {
         assert_eq!(a.as_str(), "Db-Password");
     }
 
+    /// Strings biased towards the edges: the valid alphabet, characters next to it in ASCII,
+    /// NUL, `/`, `.`, multi-byte characters, lengths 0..300 (past both 127 and 255 bytes).
+    fn hostile_name() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let ch = prop_oneof![
+            4 => prop::sample::select(
+                b"abcxyzABCXYZ0189-".iter().map(|&b| char::from(b)).collect::<Vec<_>>()
+            ),
+            1 => prop::sample::select(vec!['\0', '/', '.', '_', ' ', '\n', '@', '[', '`', '{', ':', '\u{7f}']),
+            1 => prop::sample::select(vec!['\u{e9}', '\u{130}', '\u{212a}', '\u{17f}', '\u{ff21}', '\u{1f600}']),
+            1 => any::<char>(),
+        ];
+        prop::collection::vec(ch, 0..300).prop_map(|c| c.into_iter().collect())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 2048,
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// `parse` never panics and accepts exactly `^[0-9A-Za-z-]{1,127}$`; `key()` is the
+        /// lowercase spelling, equal for every case variant.
+        #[test]
+        fn parse_accepts_exactly_key_vault_names(name in hostile_name()) {
+            let expected = (1..=127).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            let parsed = SecretName::parse(&name);
+            proptest::prop_assert_eq!(parsed.is_some(), expected, "{:?}", name);
+            if let Some(parsed) = parsed {
+                proptest::prop_assert_eq!(parsed.as_str(), name.as_str());
+                let key = parsed.key();
+                proptest::prop_assert!(!key.bytes().any(|b| b.is_ascii_uppercase()));
+                proptest::prop_assert!(key.eq_ignore_ascii_case(&name));
+                let upper = SecretName::parse(&name.to_ascii_uppercase());
+                let lower = SecretName::parse(&name.to_ascii_lowercase());
+                proptest::prop_assert_eq!(upper.map(|n| n.key()), Some(key.clone()));
+                proptest::prop_assert_eq!(lower.map(|n| n.key()), Some(key));
+            }
+        }
+    }
+
     #[test]
     fn value_debug_is_redacted() {
         let v = SecretValue::from_string("hunter2".to_owned());

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use azure_core::http::{AsyncRawResponse, HttpClient, Request, Transport, Url};
 
 pub mod budget;
+pub mod limit;
 
 use budget::{Budgeted, RequestBudget};
 
@@ -103,6 +104,7 @@ fn client(config: &TransportConfig) -> Result<Built, TransportError> {
         }),
         None => Arc::new(client),
     };
+    let http: Arc<dyn HttpClient> = Arc::new(limit::BodyLimit::new(http, limit::MAX_BODY_BYTES));
     // Inside every client built, so that a reload keeps the one shared budget and every
     // request, a retry after a reload included, takes a token.
     let http: Arc<dyn HttpClient> = match &config.budget {
