@@ -136,9 +136,11 @@ pub fn credential(
 /// The credential kvfs hands out: the current SDK credential, replaced by a fresh one when Key
 /// Vault rejects its token. Background renewal and the `SecretClient` both hold this, so both
 /// always use the current one.
+/// Builds a fresh SDK credential (with an empty token cache).
+type MakeCredential = Box<dyn Fn() -> Result<Arc<dyn TokenCredential>, AuthError> + Send + Sync>;
+
 pub struct RenewableCredential {
-    config: AuthConfig,
-    transport: Transport,
+    make: MakeCredential,
     current: RwLock<Current>,
     gate: crate::transport::OncePer,
 }
@@ -152,7 +154,6 @@ struct Current {
 impl std::fmt::Debug for RenewableCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RenewableCredential")
-            .field("mode", &self.config.resolved_mode())
             .field("generation", &self.generation())
             .finish_non_exhaustive()
     }
@@ -160,13 +161,20 @@ impl std::fmt::Debug for RenewableCredential {
 
 impl RenewableCredential {
     pub fn new(config: &AuthConfig, transport: &Transport) -> Result<Self, AuthError> {
+        let (config, transport) = (config.clone(), transport.clone());
+        Self::from_fn(move || credential(&config, &transport))
+    }
+
+    /// Renews by calling `make` (tests give a credential of their own).
+    pub fn from_fn(
+        make: impl Fn() -> Result<Arc<dyn TokenCredential>, AuthError> + Send + Sync + 'static,
+    ) -> Result<Self, AuthError> {
         Ok(Self {
-            config: config.clone(),
-            transport: transport.clone(),
             current: RwLock::new(Current {
-                credential: credential(config, transport)?,
+                credential: make()?,
                 generation: 0,
             }),
+            make: Box::new(make),
             gate: crate::transport::OncePer::new(TOKEN_RENEWAL),
         })
     }
@@ -191,7 +199,7 @@ impl RenewableCredential {
             if !self.gate.try_pass(Instant::now()) {
                 None
             } else {
-                Some(credential(&self.config, &self.transport).map(|fresh| {
+                Some((self.make)().map(|fresh| {
                     current.credential = fresh;
                     current.generation += 1;
                 }))
@@ -257,6 +265,7 @@ mod tests {
             imds_endpoint: None,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
+            budget: None,
         })
         .unwrap();
         let config = AuthConfig {

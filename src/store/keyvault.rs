@@ -38,7 +38,13 @@ pub struct KeyVaultConfig {
 pub struct KeyVaultStore {
     client: SecretClient,
     credential: Arc<RenewableCredential>,
+    /// The vault's origin: a listing's `nextLink` is followed only there.
+    origin: url::Origin,
 }
+
+/// Most pages one listing follows: 25,000 pages hold 625,000 secrets, far beyond any vault;
+/// a service (or a proxy) that keeps answering with another `nextLink` is not followed forever.
+const MAX_PAGES: usize = 25_000;
 
 impl KeyVaultStore {
     pub fn new(
@@ -58,7 +64,14 @@ impl KeyVaultStore {
         };
         let client = SecretClient::new(&config.vault_url, credential.clone(), Some(options))
             .map_err(|e| StoreError::Other(format!("invalid vault URL: {}", chain(&e))))?;
-        Ok(Self { client, credential })
+        let origin = url::Url::parse(&config.vault_url)
+            .map_err(|e| StoreError::Other(format!("invalid vault URL: {e}")))?
+            .origin();
+        Ok(Self {
+            client,
+            credential,
+            origin,
+        })
     }
 
     /// Runs `op`; when Key Vault rejects its token, renews the credential and runs it once more.
@@ -77,15 +90,40 @@ impl KeyVaultStore {
     }
 
     async fn list_pages(&self, name: Option<&SecretName>) -> azure_core::Result<Vec<KvProperties>> {
-        let mut pager = match name {
+        let pager = match name {
             None => self.client.list_secret_properties(None)?,
             Some(name) => self
                 .client
                 .list_secret_properties_versions(name.as_str(), None)?,
         };
+        // Page by page, so that each `nextLink` is checked before it is followed: it must stay
+        // on the vault (the SDK would send the bearer token wherever it points), never repeat,
+        // and the pages must end.
+        let mut pages = pager.into_pages();
+        let mut seen = std::collections::HashSet::new();
         let mut items = Vec::new();
-        while let Some(item) = pager.try_next().await? {
-            items.push(item);
+        while let Some(page) = pages.try_next().await? {
+            let page = page.into_model()?;
+            items.extend(page.value);
+            let Some(next) = page.next_link else { break };
+            let refused = |why: &str| {
+                azure_core::Error::with_message(
+                    ErrorKind::DataConversion,
+                    format!("listing not followed: {why}"),
+                )
+            };
+            // Origins compare with the scheme's default port filled in: a real `nextLink`
+            // carries `:443` where the vault URL has none.
+            let on_vault = url::Url::parse(&next).is_ok_and(|u| u.origin() == self.origin);
+            if !on_vault {
+                return Err(refused("a nextLink points outside the vault"));
+            }
+            if !seen.insert(next) {
+                return Err(refused("a nextLink repeats"));
+            }
+            if seen.len() >= MAX_PAGES {
+                return Err(refused("too many pages"));
+            }
         }
         Ok(items)
     }
