@@ -54,6 +54,9 @@ pub struct CacheConfig {
     pub list_ttl: Duration,
     /// How long after its last validation a secret may still be served while Key Vault fails.
     pub max_stale: Duration,
+    /// No fetch runs longer than this (the credential's own retries included); a reader of an
+    /// expired copy waits half of it for the revalidation, then gets the copy stale.
+    pub request_timeout: Duration,
 }
 
 /// After a transient failure, expired entries are served stale without a new request for this
@@ -766,22 +769,55 @@ impl Inner {
         name: &SecretName,
     ) -> Result<Arc<Secret>, StoreError> {
         let mut newly_stale = false;
-        let lookup = {
+        let now = Instant::now();
+        let (lookup, expired_copy) = {
             let mut state = self.lock();
-            match self.cached(&mut state, &key, Instant::now(), &mut newly_stale) {
-                Lookup::Answer(answer) => Err(answer),
-                Lookup::Ask => Ok(match state.fetching.get(&key) {
-                    Some((_, fetch)) => fetch.clone(),
-                    None => self.start_fetch(&mut state, key, name),
-                }),
+            match self.cached(&mut state, &key, now, &mut newly_stale) {
+                Lookup::Answer(answer) => (Err(answer), None),
+                Lookup::Ask => {
+                    // An expired copy still within `max_stale`: what the reader gets if the
+                    // revalidation does not answer soon.
+                    let expired_copy = match state.entries.lru.peek(&key) {
+                        Some(Entry::Found(f))
+                            if now.duration_since(f.validated) < self.config.max_stale =>
+                        {
+                            Some(f.secret.clone())
+                        }
+                        _ => None,
+                    };
+                    let fetch = match state.fetching.get(&key) {
+                        Some((_, fetch)) => fetch.clone(),
+                        None => self.start_fetch(&mut state, key.clone(), name),
+                    };
+                    (Ok(fetch), expired_copy)
+                }
             }
         };
         if newly_stale {
             log_stale(std::slice::from_ref(name));
         }
-        match lookup {
-            Ok(fetch) => fetch.await,
-            Err(answer) => answer,
+        let fetch = match lookup {
+            Ok(fetch) => fetch,
+            Err(answer) => return answer,
+        };
+        let Some(copy) = expired_copy else {
+            return fetch.await;
+        };
+        // A vault that hangs gives no answer to open an outage window with: rather than let the
+        // reader's deadline pass, serve the copy stale after half of it. The revalidation goes
+        // on and records what it finds.
+        match tokio::time::timeout(self.config.request_timeout / 2, fetch).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                let first = match self.lock().entries.lru.get_mut(&key) {
+                    Some(Entry::Found(f)) => !std::mem::replace(&mut f.stale_logged, true),
+                    _ => false,
+                };
+                if first {
+                    log_stale(std::slice::from_ref(name));
+                }
+                Ok(copy)
+            }
         }
     }
 
@@ -807,10 +843,18 @@ impl Inner {
         let task = tokio::spawn(async move {
             let inner = &slot.inner;
             let sent = Instant::now();
-            let result = match &task_key {
-                Key::Latest(_) => inner.store.get(&name).await,
-                Key::Version(_, v) => inner.store.get_version(&name, v).await,
+            let limit = inner.config.request_timeout;
+            let request = async {
+                match &task_key {
+                    Key::Latest(_) => inner.store.get(&name).await,
+                    Key::Version(_, v) => inner.store.get_version(&name, v).await,
+                }
             };
+            // Bounded here, not only by the reader: a fetch that never ends (an identity
+            // endpoint retrying for minutes) would never open the outage window.
+            let result = tokio::time::timeout(limit, request)
+                .await
+                .unwrap_or(Err(StoreError::Timeout(limit)));
             // The slot is freed (on drop) after the answer is recorded: a reader arriving in
             // between finds either the fetch or its recorded answer.
             inner.record(task_key, sent, result)

@@ -42,7 +42,8 @@ pub enum StoreError {
     Throttled { retry_after: Option<Duration> },
     #[error("Key Vault answered HTTP {status}")]
     Service { status: u16 },
-    #[error("no answer within {0:?}")]
+    /// No answer in time; the duration is the limit, zero when an HTTP exchange hit its own.
+    #[error("{}", timeout_text(*.0))]
     Timeout(Duration),
     #[error("TLS failure: {0}")]
     Tls(String),
@@ -93,6 +94,14 @@ impl StoreError {
     /// The level this error deserves in a log line: an absent name is routine.
     pub fn is_routine(&self) -> bool {
         matches!(self, Self::NotFound)
+    }
+}
+
+fn timeout_text(limit: Duration) -> String {
+    if limit.is_zero() {
+        "no answer within the request timeout".to_owned()
+    } else {
+        format!("no answer within {limit:?}")
     }
 }
 

@@ -240,6 +240,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             negative_ttl: o.negative_ttl,
             list_ttl: o.list_ttl,
             max_stale: o.max_stale,
+            request_timeout: o.request_timeout,
         },
     );
     // The mountpoint first: it is checked locally, the startup check costs requests.
@@ -528,12 +529,15 @@ fn explain_vault(plan: &Plan, err: &StoreError) -> String {
         StoreError::Forbidden(Forbidden::Firewall) => format!(
             "{vault} refused this address (ForbiddenByFirewall). Fix: allow this network in the vault's firewall or use a private endpoint"
         ),
-        StoreError::Forbidden(_)
-        | StoreError::Credential {
-            status: Some(401), ..
-        } => format!(
+        StoreError::Forbidden(_) => format!(
             "the identity may not list secrets in {vault} ({err}). Fix: grant it the \"Key Vault Secrets User\" role on the vault: \
              az role assignment create --role \"Key Vault Secrets User\" --assignee <principal-id> --scope <vault-resource-id>"
+        ),
+        StoreError::Credential {
+            status: Some(401), ..
+        } => format!(
+            "{vault} refused the identity's token (401: issued for another tenant or audience, or revoked). \
+             Fix: use an identity of the vault's tenant; check that the vault is in the tenant the identity signs in to"
         ),
         StoreError::NotFound => format!("{vault} answered 404: is --vault-url a Key Vault?"),
         StoreError::Tls(_) => format!(

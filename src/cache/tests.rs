@@ -10,6 +10,7 @@ fn config() -> CacheConfig {
         negative_ttl: Duration::from_secs(30),
         list_ttl: Duration::from_secs(60),
         max_stale: Duration::from_secs(3600),
+        request_timeout: Duration::from_secs(10),
     }
 }
 
@@ -548,4 +549,41 @@ async fn a_mass_rotation_is_fetched_concurrently_and_reported_whole() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_revalidation_serves_the_expired_copy_after_half_the_timeout() {
+    let (store, cache) = setup();
+    cache.get(&name("a")).await.unwrap();
+    tokio::time::advance(Duration::from_secs(301)).await;
+    store.set_delay(Duration::from_secs(3600));
+    let started = Instant::now();
+    let copy = cache.get(&name("a")).await.unwrap();
+    assert_eq!(copy.value.as_bytes(), b"one");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(5),
+        "half the request timeout"
+    );
+    assert!(cache.stale_since(&name("a")).is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fetch_that_never_ends_is_bounded_and_opens_the_window() {
+    let (store, cache) = setup();
+    cache.list().await.unwrap();
+    store.set_delay(Duration::from_secs(3600));
+    let started = Instant::now();
+    let err = cache.get(&name("a")).await.unwrap_err();
+    assert_eq!(err, StoreError::Timeout(Duration::from_secs(10)));
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
+    // Nothing answered since: the vault (or its identity endpoint) is failing.
+    let again = Instant::now();
+    assert!(cache.get(&name("b")).await.is_err());
+    assert_eq!(
+        again.elapsed(),
+        Duration::ZERO,
+        "fails fast in the outage window"
+    );
+    assert_eq!(store.gets(), 1);
 }

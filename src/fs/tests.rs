@@ -53,6 +53,7 @@ fn fixture_with(ttl: Duration, rotation: Rotation, capacity: usize) -> Fixture {
             negative_ttl: Duration::ZERO,
             list_ttl: Duration::ZERO,
             max_stale: Duration::from_secs(3600),
+            request_timeout: Duration::from_secs(10),
         },
     );
     let fs = SecretFs::new(
