@@ -588,7 +588,11 @@ fn start_emulator(env: &mut TestEnv, ports: &Ports, state_dir: PathBuf, data: &D
 }
 
 fn original_state_dir(env: &TestEnv) -> PathBuf {
-    env.dir.path().join("emulator")
+    env.emulator()
+        .ca_path()
+        .parent()
+        .expect("the CA lives in the state dir")
+        .to_owned()
 }
 
 /// Nothing listens on the vault's port for 5 s; then the same emulator comes back.
