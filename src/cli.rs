@@ -27,8 +27,10 @@ pub enum Command {
     /// Mount a vault and serve it until SIGTERM or SIGINT (runs in the foreground).
     Mount(Box<MountArgs>),
     /// Mount a sample vault served by the bundled emulator: no Azure account needed.
+    #[cfg(feature = "emulator")]
     Demo(Box<DemoArgs>),
     /// Run the bundled Key Vault emulator alone (tests, benchmarks, other SDKs).
+    #[cfg(feature = "emulator")]
     Emulator(EmulatorArgs),
 }
 
@@ -205,6 +207,7 @@ pub struct MountOptions {
     pub threads: u16,
 }
 
+#[cfg(feature = "emulator")]
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Where to mount the sample vault.
@@ -219,6 +222,7 @@ pub struct DemoArgs {
     pub options: MountOptions,
 }
 
+#[cfg(feature = "emulator")]
 #[derive(Debug, Args)]
 pub struct EmulatorArgs {
     /// Directory for the emulator's CA (ca.pem, ca.key) and token signing key (token.key),

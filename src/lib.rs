@@ -5,12 +5,15 @@
 //! single flight, stale serving) and `refresh` (keeps secrets in use fresh, pushes changes to
 //! the kernel) -> `store` (the `SecretStore` seam: Key Vault, in-memory, retries) -> `auth` and
 //! `transport` (identity and the one HTTP client). `secret` and `error` are the types all of
-//! them share; `log_limit` keeps what readers can repeat out of the log. `emulator` is a Key Vault for tests and demos; `testing` holds what the
-//! integration tests and the benchmark share.
+//! them share; `log_limit` keeps what readers can repeat out of the log. `emulator` is a Key
+//! Vault for tests and demos; `testing` holds what the integration tests and the benchmark
+//! share: both only with the `emulator` feature (on by default), which production builds
+//! leave out.
 
 pub mod auth;
 pub mod cache;
 pub mod cli;
+#[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod error;
 pub mod fs;
@@ -20,5 +23,6 @@ pub mod refresh;
 pub mod run;
 pub mod secret;
 pub mod store;
+#[cfg(feature = "emulator")]
 pub mod testing;
 pub mod transport;

@@ -17,7 +17,9 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Mount(args) => kvfs::run::mount(*args),
+        #[cfg(feature = "emulator")]
         Command::Demo(args) => kvfs::run::demo(*args),
+        #[cfg(feature = "emulator")]
         Command::Emulator(args) => kvfs::run::emulator(args),
     };
     match result {
