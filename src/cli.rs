@@ -10,6 +10,7 @@ use url::Url;
 
 use crate::auth::AuthMode;
 use crate::fs::Rotation;
+use crate::logs::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,6 +21,11 @@ use crate::fs::Rotation;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log lines as text or JSON (one object per line). The filter is KVFS_LOG (env-filter
+    /// syntax); SIGUSR1 raises verbosity a step, SIGUSR2 restores it.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text, env = "KVFS_LOG_FORMAT")]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +165,7 @@ pub struct MountOptions {
         long,
         value_name = "UID",
         env = "KVFS_UID",
+        value_parser = parse_id,
         help_heading = "Permissions"
     )]
     pub uid: Option<u32>,
@@ -168,6 +175,7 @@ pub struct MountOptions {
         long,
         value_name = "GID",
         env = "KVFS_GID",
+        value_parser = parse_id,
         help_heading = "Permissions"
     )]
     pub gid: Option<u32>,
@@ -303,7 +311,18 @@ fn parse_mode(s: &str) -> Result<u16, String> {
     }
 }
 
+fn parse_id(s: &str) -> Result<u32, String> {
+    s.parse::<u32>()
+        .map_err(|_| format!("expected a number such as 1000, not a name (`id -u {s}` gives it)"))
+}
+
 fn parse_vault_url(s: &str) -> Result<Url, String> {
+    if !s.contains("://") {
+        return Err(format!(
+            "no scheme: expected https://NAME.vault.azure.net, e.g. https://{}",
+            s.trim_start_matches('/')
+        ));
+    }
     let url = Url::parse(s).map_err(|e| format!("{e}: expected https://NAME.vault.azure.net"))?;
     if url.scheme() != "https" || url.host_str().is_none() {
         return Err("expected an https URL like https://NAME.vault.azure.net".to_owned());
@@ -354,6 +373,17 @@ mod tests {
         assert!(parse_vault_url("http://v.vault.azure.net").is_err());
         assert!(parse_vault_url("v.vault.azure.net").is_err());
         assert!(parse_capacity("0").is_err());
+        assert!(
+            parse_id("root")
+                .unwrap_err()
+                .contains("a number such as 1000")
+        );
+        assert_eq!(parse_id("1000").unwrap(), 1000);
+        let no_scheme = parse_vault_url("v.vault.azure.net").unwrap_err();
+        assert!(
+            no_scheme.contains("https://v.vault.azure.net"),
+            "{no_scheme}"
+        );
         assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
         assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
         assert!(parse_size("1KiB").unwrap_err().contains("at least 64KiB"));

@@ -3,18 +3,9 @@
 use clap::Parser;
 use kvfs::cli::{Cli, Command};
 
-/// kvfs at info; the SDK logs every request at info, which is ours to say once, at warn.
-const DEFAULT_LOG: &str = "info,azure_core=warn,azure_identity=warn,typespec_client_core=warn,azure_security_keyvault_secrets=warn";
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KVFS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    kvfs::logs::init(cli.log_format);
     let result = match cli.command {
         Command::Mount(args) => kvfs::run::mount(*args),
         #[cfg(feature = "emulator")]

@@ -168,7 +168,10 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         },
     );
     // The mountpoint first: it is checked locally, the startup check costs requests.
-    clean_stale_mount(&plan.mountpoint)?;
+    crate::mountpoint::prepare(&plan.mountpoint).map_err(|e| RunError::Mount {
+        path: plan.mountpoint.clone(),
+        reason: e.to_string(),
+    })?;
     if !o.no_startup_check {
         runtime
             .block_on(startup_check(&plan, credential.as_ref(), &cache))
@@ -224,6 +227,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     // alive. After the lazy detach below, that path may already hold a new kvfs's mount, so
     // the session is never dropped: the process exits instead, which closes /dev/fuse.
     let session = ManuallyDrop::new(session.spawn().map_err(mount_error)?);
+    let _pid_file = crate::mountpoint::PidFile::write(&plan.mountpoint);
     let mut signals = {
         let _runtime = runtime.enter();
         Signals::new()
@@ -233,6 +237,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         refresh::run(fs.clone(), period)
     }));
     let token_keeper = runtime.spawn(refresh::keep_token_warm(credential, o.request_timeout));
+    runtime.spawn(crate::logs::follow_signals());
     tracing::info!(mountpoint = %plan.mountpoint.display(), vault = %plan.vault_url, "mounted");
     let session_ended = || async {
         while !session.guard.is_finished() {
@@ -333,42 +338,6 @@ fn detach(path: &Path) -> io::Result<()> {
     }
 }
 
-/// A mountpoint whose daemon was killed answers ENOTCONN ("Transport endpoint is not
-/// connected") until it is unmounted: detach it so that it can be mounted again.
-fn clean_stale_mount(path: &Path) -> Result<(), RunError> {
-    // Listing, not stat: the kernel may answer a stat of a dead mount from its attribute cache.
-    match std::fs::read_dir(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            tracing::warn!(path = %path.display(), "mountpoint left stale by an earlier kvfs; unmounting it");
-            let status = std::process::Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(path)
-                .status();
-            if std::fs::read_dir(path).is_ok() {
-                Ok(())
-            } else {
-                Err(RunError::Mount {
-                    path: path.to_owned(),
-                    reason: format!(
-                        "stale mount (Transport endpoint is not connected) and `fusermount3 -u -z` failed ({status:?}); run `umount -l {}`",
-                        path.display()
-                    ),
-                })
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(RunError::Mount {
-            path: path.to_owned(),
-            reason: "no such directory (create it first)".into(),
-        }),
-        Err(e) => Err(RunError::Mount {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        }),
-    }
-}
-
 /// Gets a token and lists the vault once, within the request timeout, so that a missing
 /// identity, role or route fails now with its fix, not later as EIO in an application.
 async fn startup_check(
@@ -378,14 +347,26 @@ async fn startup_check(
 ) -> Result<(), String> {
     let limit = plan.options.request_timeout;
     let mode = plan.auth.resolved_mode();
-    let token =
-        tokio::time::timeout(limit, credential.get_token(&[auth::KEY_VAULT_SCOPE], None)).await;
+    let token = tokio::time::timeout(
+        limit,
+        with_progress(
+            credential.get_token(&[auth::KEY_VAULT_SCOPE], None),
+            "waiting for a token from the identity endpoint",
+            limit,
+        ),
+    )
+    .await;
     match token {
         Err(_) => return Err(token_timeout(mode, limit)),
         Ok(Err(e)) => return Err(explain_token(mode, &classify(e))),
         Ok(Ok(_)) => {}
     }
-    match tokio::time::timeout(limit, cache.list()).await {
+    let listing = with_progress(
+        cache.list(),
+        "waiting for the vault to answer a listing",
+        limit,
+    );
+    match tokio::time::timeout(limit, listing).await {
         Err(_) => Err(explain_vault(plan, &StoreError::Timeout(limit))),
         Ok(Err(e)) => Err(explain_vault(plan, &e)),
         Ok(Ok(listing)) => {
@@ -404,13 +385,49 @@ fn token_timeout(mode: AuthMode, limit: Duration) -> String {
         AuthMode::WorkloadIdentity => format!(
             "no token from Entra ID within {limit:?} (--request-timeout). Fix: check egress to AZURE_AUTHORITY_HOST (login.microsoftonline.com)"
         ),
+        AuthMode::AzureCli if !az_installed() => INSTALL_AZ.to_owned(),
         AuthMode::AzureCli => {
             format!("the Azure CLI gave no token within {limit:?}. Fix: run `az login`")
         }
     }
 }
 
+/// Runs `fut`, saying every few seconds what the startup check is waiting for, so that a
+/// silent endpoint does not look like a hung kvfs.
+async fn with_progress<T>(
+    fut: impl std::future::Future<Output = T>,
+    what: &str,
+    limit: Duration,
+) -> T {
+    const EVERY: Duration = Duration::from_secs(2);
+    tokio::pin!(fut);
+    let started = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            () = tokio::time::sleep(EVERY) => {
+                tracing::info!(
+                    waited = ?started.elapsed(),
+                    gives_up_after = ?limit,
+                    "startup check: {what} (--request-timeout)"
+                );
+            }
+        }
+    }
+}
+
+/// Whether the Azure CLI is on the PATH.
+fn az_installed() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("az").is_file()))
+}
+
+const INSTALL_AZ: &str = "the Azure CLI (`az`) is not installed or not on the PATH. Fix: install the Azure CLI, run `az login`, then start kvfs again";
+
 fn explain_token(mode: AuthMode, err: &StoreError) -> String {
+    if mode == AuthMode::AzureCli && !az_installed() {
+        return INSTALL_AZ.to_owned();
+    }
     let detail = err.to_string();
     match (mode, err) {
         (
@@ -441,6 +458,17 @@ fn explain_token(mode: AuthMode, err: &StoreError) -> String {
         ),
         _ => format!("cannot get a token: {detail}"),
     }
+}
+
+/// Key Vault's DNS suffixes (public, China, US Government clouds).
+fn is_key_vault_host(host: &str) -> bool {
+    [
+        ".vault.azure.net",
+        ".vault.azure.cn",
+        ".vault.usgovcloudapi.net",
+    ]
+    .iter()
+    .any(|suffix| host.to_ascii_lowercase().ends_with(suffix))
 }
 
 fn explain_vault(plan: &Plan, err: &StoreError) -> String {
@@ -475,6 +503,17 @@ fn explain_vault(plan: &Plan, err: &StoreError) -> String {
         StoreError::Budget(_) => format!(
             "kvfs's request budget held the listing of {vault} back ({err}). Fix: raise --max-request-rate or --request-timeout"
         ),
+        // The SDK's check that a 401 challenge names a Key Vault domain fails for any other
+        // host (an emulator); its message names the SDK's option, not kvfs's flag.
+        StoreError::Other(_)
+            if !plan.network.disable_challenge_resource_verification
+                && !is_key_vault_host(plan.vault_url.host_str().unwrap_or_default()) =>
+        {
+            format!(
+                "cannot list {vault}: {err}. Fix: {vault} is not under a Key Vault domain (vault.azure.net, vault.azure.cn, \
+                 vault.usgovcloudapi.net); for an emulator, pass --disable-challenge-resource-verification"
+            )
+        }
         StoreError::Credential { .. } | StoreError::Other(_) => {
             format!("cannot list {vault}: {err}")
         }

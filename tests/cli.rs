@@ -80,6 +80,44 @@ fn bad_values_name_the_flag_and_the_form() {
             &["--vault-url"],
         ),
         (
+            &["mount", "/tmp/x", "--vault-url", "v.vault.azure.net"],
+            &["--vault-url", "no scheme", "https://v.vault.azure.net"],
+        ),
+        (
+            &["mount", "/tmp/x", "--vault-url", URL, "--uid", "root"],
+            &["--uid", "a number such as 1000"],
+        ),
+        (
+            &["mount", "/tmp/x", "--vault-url", URL, "--gid", "wheel"],
+            &["--gid", "a number such as 1000"],
+        ),
+        (
+            &[
+                "mount",
+                "/tmp/x",
+                "--vault-url",
+                URL,
+                "--max-request-rate",
+                "0",
+            ],
+            &["--max-request-rate", "at least 1"],
+        ),
+        (
+            &[
+                "mount",
+                "/tmp/x",
+                "--vault-url",
+                URL,
+                "--cache-max-bytes",
+                "1KiB",
+            ],
+            &["--cache-max-bytes", "at least 64KiB"],
+        ),
+        (
+            &["mount", "/tmp/x", "--vault-url", URL, "--log-format", "xml"],
+            &["--log-format", "json"],
+        ),
+        (
             &[
                 "mount",
                 "/tmp/x",

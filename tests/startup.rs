@@ -108,6 +108,51 @@ fn silent_identity_endpoint_is_bounded_by_request_timeout() {
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
 }
 
+#[test]
+fn a_slow_startup_check_says_what_it_waits_for() {
+    let env = TestEnv::start();
+    env.vault().add_fault(Fault {
+        kind: Some(RequestKind::ImdsToken),
+        name: None,
+        action: FaultAction::Hang,
+        times: None,
+    });
+    let (stderr, _) =
+        failing_start(env.command(&env.mountpoint("m"), &["--request-timeout", "5s"]));
+    assert!(
+        stderr.contains("startup check: waiting for a token from the identity endpoint"),
+        "a progress line while it waits: {stderr}"
+    );
+}
+
+#[test]
+fn an_emulator_without_the_challenge_flag_names_the_flag() {
+    let env = TestEnv::start();
+    let e = env.emulator();
+    let mut cmd = common::kvfs_command();
+    cmd.arg("mount")
+        .arg(env.mountpoint("m"))
+        .args(["--vault-url", &e.vault_url()])
+        .args(["--ca-file", &e.ca_path().display().to_string()])
+        .args(["--imds-endpoint", &e.imds_endpoint()]);
+    let (stderr, _) = failing_start(cmd);
+    assert!(
+        stderr.contains("--disable-challenge-resource-verification"),
+        "the fix in kvfs's terms: {stderr}"
+    );
+}
+
+#[test]
+fn azure_cli_missing_says_install_it() {
+    let env = TestEnv::start();
+    let empty = env.dir.path().join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut cmd = env.command(&env.mountpoint("m"), &["--auth", "azure-cli"]);
+    cmd.env("PATH", &empty);
+    let (stderr, _) = failing_start(cmd);
+    assert!(stderr.contains("install the Azure CLI"), "{stderr}");
+}
+
 fn imds_queries(env: &TestEnv) -> Vec<String> {
     env.vault()
         .requests()

@@ -20,10 +20,16 @@ pub fn demo(args: DemoArgs) -> Result<(), RunError> {
             "the demo talks only to its bundled emulator, but {var} is set and would send token requests elsewhere; unset it"
         )));
     }
-    std::fs::create_dir_all(&args.mountpoint).map_err(|e| RunError::Mount {
-        path: args.mountpoint.clone(),
-        reason: format!("cannot create it: {e}"),
-    })?;
+    // An existing path is left to the mountpoint check, which also clears a mount left stale
+    // by a killed demo (whose stat fails, so "create if missing" would fail on it).
+    if let Err(e) = std::fs::create_dir_all(&args.mountpoint)
+        && e.kind() != std::io::ErrorKind::AlreadyExists
+    {
+        return Err(RunError::Mount {
+            path: args.mountpoint.clone(),
+            reason: format!("cannot create it: {e}"),
+        });
+    }
     let runtime = runtime()?;
     let state = tempfile::Builder::new()
         .prefix("kvfs-demo-")
