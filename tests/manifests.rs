@@ -239,10 +239,8 @@ fn kvfs_env_names() -> BTreeSet<String> {
 fn assert_known_env(kustomization: &str, docs: &[Value], known: &BTreeSet<String>) {
     let mut set = Vec::new();
     for doc in docs {
-        if doc["kind"] == "ConfigMap" {
-            if let Some(data) = doc["data"].as_object() {
-                set.extend(data.keys().cloned());
-            }
+        if let (true, Some(data)) = (doc["kind"] == "ConfigMap", doc["data"].as_object()) {
+            set.extend(data.keys().cloned());
         }
         if doc["spec"].is_object() && doc["kind"] != "Namespace" {
             let pod = pod_spec(doc);

@@ -114,9 +114,9 @@ impl Namespace {
         let info =
             std::fs::read_to_string(format!("/proc/{}/mountinfo", self.pid())).expect("mountinfo");
         let p = path.display().to_string();
+        // The last line wins: a later mount on the same path covers the earlier ones.
         info.lines()
-            .filter(|l| l.split(' ').nth(4) == Some(p.as_str()))
-            .last()
+            .rfind(|l| l.split(' ').nth(4) == Some(p.as_str()))
             .map(str::to_owned)
     }
 }
