@@ -19,6 +19,8 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod log_limit;
+pub mod mount_helper;
+pub mod notify;
 pub mod refresh;
 pub mod run;
 pub mod secret;

@@ -1,4 +1,5 @@
 //! The `kvfs` binary: parse flags, set up logging, run, turn the outcome into an exit code.
+//! Run as `mount.kvfs` (a symlink), it is mount(8)'s helper instead (`mount_helper`).
 
 use clap::Parser;
 use kvfs::cli::{Cli, Command};
@@ -7,6 +8,13 @@ use kvfs::cli::{Cli, Command};
 const DEFAULT_LOG: &str = "info,azure_core=warn,azure_identity=warn,typespec_client_core=warn,azure_security_keyvault_secrets=warn";
 
 fn main() -> std::process::ExitCode {
+    let mut argv = std::env::args_os();
+    if argv
+        .next()
+        .is_some_and(|name| kvfs::mount_helper::invoked_as_helper(&name))
+    {
+        return kvfs::mount_helper::main(argv.collect());
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
