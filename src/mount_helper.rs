@@ -128,6 +128,15 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     if request.fake {
         return ExitCode::SUCCESS;
     }
+    // `mount -a` cannot tell that a kvfs mount is its fstab line (the kernel shows type `fuse`
+    // and source `kvfs:HOST`): refuse rather than stack a second kvfs on the first.
+    if served_by_kvfs(&request.mountpoint) {
+        eprintln!(
+            "{HELPER_NAME}: {} is already mounted by kvfs",
+            request.mountpoint.display()
+        );
+        return ExitCode::from(EXIT_MOUNT_FAILURE);
+    }
     match start(&plan) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -260,6 +269,33 @@ fn log_name(mountpoint: &Path) -> String {
     } else {
         format!("{}.log", name.join("-"))
     }
+}
+
+/// Whether this mount namespace has a kvfs mount (type `fuse`, source `kvfs:...`) on `path`.
+fn served_by_kvfs(path: &Path) -> bool {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .any(|line| mountinfo_is_kvfs_on(line, &path))
+}
+
+/// One /proc/self/mountinfo line: `ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [TAGS...] - TYPE
+/// SOURCE SUPEROPTS`, paths with space, tab, newline and backslash in octal escapes.
+fn mountinfo_is_kvfs_on(line: &str, path: &Path) -> bool {
+    let fields: Vec<&str> = line.split(' ').collect();
+    let Some(dash) = fields.iter().position(|f| *f == "-") else {
+        return false;
+    };
+    let escaped = path
+        .to_string_lossy()
+        .replace('\\', "\\134")
+        .replace(' ', "\\040")
+        .replace('\t', "\\011")
+        .replace('\n', "\\012");
+    fields.get(4) == Some(&escaped.as_str())
+        && fields.get(dash + 1) == Some(&"fuse")
+        && fields.get(dash + 2).is_some_and(|s| s.starts_with("kvfs:"))
 }
 
 /// Starts kvfs detached and waits for READY=1 on a private notify socket, or for kvfs to exit.
@@ -520,6 +556,13 @@ mod tests {
         assert_eq!(p.ready_within, Duration::from_secs(11));
         assert!(!p.args.contains(&OsString::from("--log-file")));
         assert_eq!(log_name(Path::new("/")), "root.log");
+        let kvfs_line =
+            "99 30 0:77 / /mnt/my\\040kv rw,nosuid shared:1 - fuse kvfs:v.vault.azure.net ro";
+        assert!(mountinfo_is_kvfs_on(kvfs_line, Path::new("/mnt/my kv")));
+        assert!(!mountinfo_is_kvfs_on(kvfs_line, Path::new("/mnt/my")));
+        let sshfs = "99 30 0:77 / /mnt/kv rw - fuse.sshfs host:/ ro";
+        assert!(!mountinfo_is_kvfs_on(sshfs, Path::new("/mnt/kv")));
+        assert!(!mountinfo_is_kvfs_on("garbage", Path::new("/mnt/kv")));
         assert!(invoked_as_helper(OsStr::new("/sbin/mount.kvfs")));
         assert!(!invoked_as_helper(OsStr::new("/usr/local/bin/kvfs")));
     }
