@@ -103,13 +103,17 @@ pub fn invoked_as_helper(argv0: &OsStr) -> bool {
 
 /// Runs the helper with the arguments after argv[0]; the result is mount(8)'s exit status.
 pub fn main(args: Vec<OsString>) -> ExitCode {
-    let request = match parse_argv(&args) {
+    let mut request = match parse_argv(&args) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{HELPER_NAME}: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // kvfs runs in `/`: a relative mountpoint (the helper run by hand) is made absolute first.
+    if let Ok(absolute) = std::path::absolute(&request.mountpoint) {
+        request.mountpoint = absolute;
+    }
     let plan = match plan(&request) {
         Ok(p) => p,
         Err(e) => {
@@ -318,6 +322,8 @@ fn start(plan: &Plan) -> Result<(), String> {
     command
         .arg0("kvfs")
         .args(&plan.args)
+        // Not the caller's directory: a daemon must not keep it busy.
+        .current_dir("/")
         .env("NOTIFY_SOCKET", &socket_path)
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
