@@ -1,9 +1,17 @@
 //! The `kvfs` binary: parse flags, set up logging, run, turn the outcome into an exit code.
+//! Run as `mount.kvfs` (a symlink), it is mount(8)'s helper instead (`mount_helper`).
 
 use clap::Parser;
 use kvfs::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
+    let mut argv = std::env::args_os();
+    if argv
+        .next()
+        .is_some_and(|name| kvfs::mount_helper::invoked_as_helper(&name))
+    {
+        return kvfs::mount_helper::main(argv.collect());
+    }
     let cli = Cli::parse();
     kvfs::logs::init(cli.log_format);
     let result = match cli.command {

@@ -26,6 +26,7 @@ use crate::cli::{IdentityArgs, MountArgs, MountOptions, NetworkArgs};
 use crate::error::{Forbidden, StoreError};
 use crate::fs::{FsConfig, SecretFs};
 use crate::fuse::{FuseAdapter, KernelInvalidator};
+use crate::notify;
 use crate::refresh;
 use crate::store::keyvault::{KeyVaultConfig, KeyVaultStore, classify};
 use crate::store::{RetryPolicy, RetryStore, SecretStore};
@@ -238,6 +239,16 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     }));
     let token_keeper = runtime.spawn(refresh::keep_token_warm(credential, o.request_timeout));
     runtime.spawn(crate::logs::follow_signals());
+    let status = format!(
+        "serving {} on {}",
+        plan.vault_url,
+        plan.mountpoint.display()
+    );
+    let readiness = notify::announce_ready(runtime, &plan.mountpoint, &status, o.request_timeout)
+        .map_err(|e| {
+        let _ = detach(&plan.mountpoint);
+        mount_error(e)
+    })?;
     tracing::info!(mountpoint = %plan.mountpoint.display(), vault = %plan.vault_url, "mounted");
     let session_ended = || async {
         while !session.guard.is_finished() {
@@ -250,6 +261,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             () = session_ended() => true,
         }
     });
+    readiness.stopping();
     refresher.abort();
     if unmounted_outside {
         token_keeper.abort();
