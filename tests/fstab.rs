@@ -191,7 +191,7 @@ fn mount_t_kvfs() {
         .args(["-o", &options(&env, "")]));
     assert_eq!(again.status.code(), Some(32));
     let stderr = String::from_utf8_lossy(&again.stderr);
-    assert!(stderr.contains("already mounted by kvfs"), "{stderr}");
+    assert!(stderr.contains("already served by kvfs (pid "), "{stderr}");
     check_mounted_then_unmount(&env, &path, started);
 }
 
