@@ -19,6 +19,7 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod log_limit;
+pub mod metrics;
 pub mod refresh;
 pub mod run;
 pub mod secret;
