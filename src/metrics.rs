@@ -490,7 +490,7 @@ mod tests {
             "kvfs_fuse_requests_total{op=\"read\"}",
             "kvfs_fuse_errors_total{op=\"lookup\",errno=\"ENOENT\"}",
             "kvfs_keyvault_requests_total{operation=\"get\",status=\"200\"}",
-            "kvfs_keyvault_request_duration_seconds_bucket{operation=\"get\",le=",
+            "kvfs_keyvault_request_duration_seconds_bucket{le=\"0.005\",operation=\"get\"} ",
             "kvfs_refresh_lag_seconds",
             "kvfs_mounted",
         ] {
