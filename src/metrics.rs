@@ -478,6 +478,39 @@ mod tests {
         assert!(!h(NEVER, 5_000).ready(6_000, w), "never answered, failing");
     }
 
+    /// The dashboard and the alert rules name only metrics that exist.
+    #[test]
+    fn deploy_files_name_existing_metrics() {
+        let text = render();
+        for (file, content) in [
+            (
+                "grafana-dashboard.json",
+                include_str!("../deploy/monitoring/grafana-dashboard.json"),
+            ),
+            (
+                "alerts.yaml",
+                include_str!("../deploy/monitoring/alerts.yaml"),
+            ),
+        ] {
+            let mut named = 0;
+            for token in content.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if !token.starts_with("kvfs_") {
+                    continue;
+                }
+                let base = ["_total", "_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| token.strip_suffix(s))
+                    .unwrap_or(token);
+                assert!(
+                    text.contains(&format!("# TYPE {base} ")),
+                    "{file} names {token}, which kvfs does not export"
+                );
+                named += 1;
+            }
+            assert!(named >= 7, "{file} names only {named} metrics");
+        }
+    }
+
     #[test]
     fn every_family_renders_with_its_help() {
         init(false);
