@@ -270,3 +270,24 @@ fn an_address_in_use_names_the_flag() {
     );
     assert!(!common::is_mounted(&mountpoint));
 }
+
+#[test]
+fn a_malformed_address_is_rejected() {
+    let out = common::kvfs_command()
+        .args([
+            "mount",
+            "/tmp/x",
+            "--vault-url",
+            "https://v.vault.azure.net",
+            "--metrics-addr",
+            "localhost",
+        ])
+        .output()
+        .expect("run kvfs");
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--metrics-addr <ADDR>") && stderr.contains("socket address"),
+        "{stderr}"
+    );
+}
