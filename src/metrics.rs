@@ -326,6 +326,11 @@ pub fn render() -> String {
     out
 }
 
+/// Every metric family's name as exposed (counters without their `_total`).
+pub fn names() -> &'static [String] {
+    &METRICS.names
+}
+
 /// A FUSE request of type `op` arrived.
 pub fn fuse_request(op: &'static str) {
     METRICS.fuse_requests.get_or_create(&[("op", op)]).inc();
@@ -554,7 +559,7 @@ mod tests {
     /// The dashboard and the alert rules name only metrics that exist.
     #[test]
     fn deploy_files_name_existing_metrics() {
-        let names = &METRICS.names;
+        let names = names();
         for (file, content) in [
             (
                 "grafana-dashboard.json",
