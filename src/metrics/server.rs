@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -18,6 +19,7 @@ use hyper_util::rt::TokioIo;
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 /// A statfs the mount does not answer within this is taken as a hung mount.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+static PROBING: AtomicBool = AtomicBool::new(false);
 /// A scraper that holds a connection longer than this is cut off.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -127,8 +129,17 @@ async fn mount_answers(mountpoint: &std::path::Path) -> Result<(), String> {
     if !super::is_mounted() {
         return Err("not mounted".into());
     }
+    // One statfs at a time: on a hung mount each would hold a blocking thread until the
+    // mount answers, and probes come every few seconds.
+    if PROBING.swap(true, Ordering::AcqRel) {
+        return Err("the previous statfs of the mountpoint has not returned".into());
+    }
     let path = mountpoint.to_owned();
-    let probe = tokio::task::spawn_blocking(move || statfs_type(&path));
+    let probe = tokio::task::spawn_blocking(move || {
+        let kind = statfs_type(&path);
+        PROBING.store(false, Ordering::Release);
+        kind
+    });
     match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
         Err(_) => Err(format!(
             "the mount did not answer a statfs within {PROBE_TIMEOUT:?}"
