@@ -143,13 +143,20 @@ struct Entries {
 impl Entries {
     fn put(&mut self, key: Key, entry: Entry) {
         self.bytes += entry.bytes();
+        let replaces = self.lru.contains(&key);
         // `push` hands back the entry it replaced or evicted: either way it leaves.
         if let Some((_, old)) = self.lru.push(key, entry) {
+            if !replaces {
+                crate::metrics::cache_eviction();
+            }
             self.bytes -= old.bytes();
         }
         while self.bytes > self.max_bytes && self.lru.len() > 1 {
             match self.lru.pop_lru() {
-                Some((_, old)) => self.bytes -= old.bytes(),
+                Some((_, old)) => {
+                    crate::metrics::cache_eviction();
+                    self.bytes -= old.bytes();
+                }
                 None => break,
             }
         }
@@ -692,6 +699,7 @@ impl Inner {
                     return Lookup::Answer(Ok(f.secret.clone()));
                 }
                 if in_outage && age < config.max_stale {
+                    crate::metrics::stale_serve();
                     *newly_stale = !std::mem::replace(&mut f.stale_logged, true);
                     return Lookup::Answer(Ok(f.secret.clone()));
                 }
@@ -750,6 +758,7 @@ impl Inner {
                     Some(Entry::Found(f))
                         if now.duration_since(f.validated) < self.config.max_stale =>
                     {
+                        crate::metrics::stale_serve();
                         if !std::mem::replace(&mut f.stale_logged, true) {
                             newly_stale = Some(f.secret.properties.name.clone());
                         }
@@ -770,11 +779,16 @@ impl Inner {
     ) -> Result<Arc<Secret>, StoreError> {
         let mut newly_stale = false;
         let now = Instant::now();
+        crate::metrics::secret_read(name.as_str());
         let (lookup, expired_copy) = {
             let mut state = self.lock();
             match self.cached(&mut state, &key, now, &mut newly_stale) {
-                Lookup::Answer(answer) => (Err(answer), None),
+                Lookup::Answer(answer) => {
+                    crate::metrics::cache_hit();
+                    (Err(answer), None)
+                }
                 Lookup::Ask => {
+                    crate::metrics::cache_miss();
                     // An expired copy still within `max_stale`: what the reader gets if the
                     // revalidation does not answer soon.
                     let expired_copy = match state.entries.lru.peek(&key) {
@@ -809,6 +823,7 @@ impl Inner {
         match tokio::time::timeout(self.config.request_timeout / 2, fetch).await {
             Ok(answer) => answer,
             Err(_) => {
+                crate::metrics::stale_serve();
                 let first = match self.lock().entries.lru.get_mut(&key) {
                     Some(Entry::Found(f)) => !std::mem::replace(&mut f.stale_logged, true),
                     _ => false,

@@ -210,6 +210,21 @@ pub struct MountOptions {
     #[arg(long, value_name = "DURATION", default_value = "5s", env = "KVFS_SHUTDOWN_GRACE", value_parser = parse_shutdown_grace, help_heading = "Mount")]
     pub shutdown_grace: Duration,
 
+    /// Serve Prometheus metrics (/metrics) and health probes (/healthz, /readyz) on this
+    /// address, e.g. 127.0.0.1:9464 (port 0: any free port, logged). Off when not given.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "KVFS_METRICS_ADDR",
+        help_heading = "Monitoring"
+    )]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Add a `secret` label (the secret's name, never its value) to the per-secret counters.
+    /// Each secret read becomes its own series: for small vaults.
+    #[arg(long, env = "KVFS_METRICS_PER_SECRET", help_heading = "Monitoring")]
+    pub metrics_per_secret: bool,
+
     /// Threads answering the kernel.
     #[arg(long, value_name = "N", default_value = "4", env = "KVFS_THREADS", value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Mount")]
     pub threads: u16,

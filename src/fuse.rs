@@ -62,7 +62,16 @@ impl Invalidate for KernelInvalidator {
     }
 }
 
-fn errno(op: &str, ino: u64, err: &FsError) -> Errno {
+/// A write-type request: counted, and refused (the filesystem is read-only).
+fn refused(op: &'static str) -> Errno {
+    crate::metrics::fuse_request(op);
+    crate::metrics::fuse_error(op, libc::EROFS);
+    Errno::EROFS
+}
+
+/// The one place a filesystem error becomes an errno: logged and counted here.
+fn errno(op: &'static str, ino: u64, err: &FsError) -> Errno {
+    crate::metrics::fuse_error(op, err.errno());
     if err.is_routine() {
         tracing::debug!(op, ino, error = %err, "request failed");
     } else if let Some(suppressed) = crate::log_limit::allow(&format!("{op}: {err}")) {
@@ -161,12 +170,14 @@ impl Filesystem for FuseAdapter {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
+        crate::metrics::fuse_request("ioctl");
         // Not a terminal, nor anything else an ioctl could ask about. Silent: Python's open()
         // sends one per file.
         reply.error(Errno::ENOTTY);
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        crate::metrics::fuse_request("lookup");
         let (fs, name) = (self.fs.clone(), name.to_owned());
         // A lookup may wait on Key Vault: it runs off the FUSE threads, so a slow or throttled
         // secret never holds up answers about others.
@@ -176,10 +187,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        crate::metrics::fuse_request("forget");
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        crate::metrics::fuse_request("getattr");
         match self.fs.getattr(ino.0) {
             Ok((attr, ttl)) => reply.attr(&ttl, &attr),
             Err(err) => reply.error(errno("getattr", ino.0, &err)),
@@ -187,6 +200,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        crate::metrics::fuse_request("open");
         if self.fs.value_evicted(ino.0) {
             let fs = self.fs.clone();
             // In place, an open pins the value, which may have to be fetched again first.
@@ -208,6 +222,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        crate::metrics::fuse_request("release");
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -223,6 +238,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        crate::metrics::fuse_request("read");
         match self.fs.read_now(ino.0, fh.0, offset, size) {
             Ok(Some(data)) => reply.data(data.as_bytes()),
             Ok(None) => {
@@ -244,12 +260,14 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        crate::metrics::fuse_request("flush");
         // Nothing is ever written. ENOSYS (not "ok") makes the kernel stop sending FLUSH on
         // every close: answering it cost a round trip per close, ~8x on cached reads.
         reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        crate::metrics::fuse_request("opendir");
         let fs = self.fs.clone();
         // An opendir may list the vault (when the cached listing expired): off the FUSE threads.
         self.fs
@@ -276,6 +294,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         reply: ReplyDirectory,
     ) {
+        crate::metrics::fuse_request("readdir");
         let fs = self.fs.clone();
         // A listing may wait on Key Vault, as a lookup may.
         self.fs
@@ -284,6 +303,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        crate::metrics::fuse_request("getxattr");
         match self.fs.getxattr(ino.0, name) {
             Ok(value) => xattr_reply(reply, size, &value),
             Err(err) => reply.error(errno("getxattr", ino.0, &err)),
@@ -291,6 +311,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        crate::metrics::fuse_request("listxattr");
         match self.fs.listxattr(ino.0) {
             Ok(names) => xattr_reply(reply, size, &names),
             Err(err) => reply.error(errno("listxattr", ino.0, &err)),
@@ -317,7 +338,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(refused("setattr"));
     }
 
     fn mknod(
@@ -330,7 +351,7 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(refused("mknod"));
     }
 
     fn mkdir(
@@ -342,15 +363,15 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(refused("mkdir"));
     }
 
     fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        reply.error(refused("unlink"));
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        reply.error(refused("rmdir"));
     }
 
     fn symlink(
@@ -361,7 +382,7 @@ impl Filesystem for FuseAdapter {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(refused("symlink"));
     }
 
     fn rename(
@@ -374,7 +395,7 @@ impl Filesystem for FuseAdapter {
         _flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(refused("rename"));
     }
 
     fn link(
@@ -385,7 +406,7 @@ impl Filesystem for FuseAdapter {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(refused("link"));
     }
 
     fn write(
@@ -400,7 +421,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(refused("write"));
     }
 
     fn create(
@@ -413,7 +434,7 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(refused("create"));
     }
 
     fn setxattr(
@@ -426,11 +447,11 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(refused("setxattr"));
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        reply.error(refused("removexattr"));
     }
 
     fn fallocate(
@@ -443,6 +464,6 @@ impl Filesystem for FuseAdapter {
         _mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(refused("fallocate"));
     }
 }

@@ -20,6 +20,7 @@ pub mod fs;
 pub mod fuse;
 pub mod log_limit;
 pub mod logs;
+pub mod metrics;
 pub mod mount_helper;
 pub mod mountpoint;
 pub mod notify;

@@ -33,12 +33,16 @@ pub async fn keep_token_warm(credential: Arc<RenewableCredential>, limit: Durati
     loop {
         tokio::time::sleep(TOKEN_CHECK).await;
         match tokio::time::timeout(limit, credential.get_token(&[KEY_VAULT_SCOPE], None)).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => crate::metrics::token_check("ok"),
             Ok(Err(e)) => {
+                crate::metrics::token_check("failed");
                 let err = crate::store::keyvault::classify(e);
                 tracing::warn!(error = %err, "background token renewal failed; the current token is used while valid");
             }
-            Err(_) => tracing::warn!(?limit, "background token renewal got no answer"),
+            Err(_) => {
+                crate::metrics::token_check("timeout");
+                tracing::warn!(?limit, "background token renewal got no answer");
+            }
         }
     }
 }
@@ -77,6 +81,7 @@ pub async fn run(fs: Arc<SecretFs>, period: Duration) {
         }
         let in_use = fs.in_use();
         if in_use.is_empty() {
+            crate::metrics::refresh_run(true);
             delay = period;
             continue;
         }
@@ -98,6 +103,7 @@ pub async fn run(fs: Arc<SecretFs>, period: Duration) {
             }
             Err(err) => Some(err),
         };
+        crate::metrics::refresh_run(failure.is_none());
         match failure {
             None => {
                 delay = period;

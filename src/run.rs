@@ -27,6 +27,7 @@ use crate::error::{Forbidden, StoreError};
 use crate::fs::{FsConfig, SecretFs};
 use crate::fuse::{FuseAdapter, KernelInvalidator};
 use crate::notify;
+use crate::metrics;
 use crate::refresh;
 use crate::store::keyvault::{KeyVaultConfig, KeyVaultStore, classify};
 use crate::store::{RetryPolicy, RetryStore, SecretStore};
@@ -121,6 +122,7 @@ fn auth_config(args: &IdentityArgs) -> AuthConfig {
 
 fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> {
     let o = &plan.options;
+    metrics::init(o.metrics_per_secret);
     let transport = transport::build(&TransportConfig {
         ca_file: plan.network.ca_file.clone(),
         imds_endpoint: plan.network.imds_endpoint.clone(),
@@ -173,6 +175,17 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         path: plan.mountpoint.clone(),
         reason: e.to_string(),
     })?;
+    if let Some(addr) = o.metrics_addr {
+        runtime
+            .block_on(metrics::serve(metrics::ServerConfig {
+                addr,
+                mountpoint: plan.mountpoint.clone(),
+                // Refresh asks Key Vault at least once per period while secrets are in use, and
+                // a failing request reports within the request timeout.
+                ready_window: 2 * refresh::period_for(o.cache_ttl).max(o.request_timeout),
+            }))
+            .map_err(|e| RunError::Setup(e.to_string()))?;
+    }
     if !o.no_startup_check {
         runtime
             .block_on(startup_check(&plan, credential.as_ref(), &cache))
@@ -229,6 +242,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     // the session is never dropped: the process exits instead, which closes /dev/fuse.
     let session = ManuallyDrop::new(session.spawn().map_err(mount_error)?);
     let _pid_file = crate::mountpoint::PidFile::write(&plan.mountpoint);
+    metrics::set_mounted(true);
     let mut signals = {
         let _runtime = runtime.enter();
         Signals::new()
@@ -263,6 +277,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     });
     readiness.stopping();
     refresher.abort();
+    metrics::set_mounted(false);
     if unmounted_outside {
         token_keeper.abort();
         tracing::info!("unmounted from outside; exiting");

@@ -83,6 +83,7 @@ impl KeyVaultStore {
         let generation = self.credential.generation();
         match op().await {
             Err(e) if token_rejected(&e) && self.credential.token_rejected(generation) => {
+                crate::metrics::token_renewed_after_rejection();
                 op().await.map_err(classify)
             }
             other => other.map_err(classify),

@@ -55,6 +55,7 @@ impl RequestBudget {
             self.limiter.until_ready().await;
         })
         .await;
+        crate::metrics::budget_wait(started.elapsed(), waited.is_ok());
         if let Some(suppressed) = crate::log_limit::allow("request budget") {
             tracing::warn!(
                 rate = self.rate.get(),
@@ -95,13 +96,24 @@ impl std::fmt::Debug for RequestBudget {
 #[async_trait]
 impl HttpClient for Budgeted {
     async fn execute_request(&self, request: &Request) -> azure_core::Result<AsyncRawResponse> {
-        if self.budget.counts(request) {
+        let vault = self.budget.counts(request);
+        if vault {
             self.budget
                 .admit()
                 .await
                 .map_err(|e| azure_core::Error::new(ErrorKind::Other, e))?;
         }
-        self.inner.execute_request(request).await
+        // Every HTTP request passes here once (each list page, each retry, each challenge):
+        // the one place that sees them all with their status.
+        let sent = std::time::Instant::now();
+        let result = self.inner.execute_request(request).await;
+        let status = result.as_ref().ok().map(|r| u16::from(r.status()));
+        if vault {
+            crate::metrics::vault_request(request.url().path(), status, sent.elapsed());
+        } else {
+            crate::metrics::identity_request(status);
+        }
+        result
     }
 }
 
