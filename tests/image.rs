@@ -72,14 +72,13 @@ struct Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("KVFS_TEST_SHOW_LOGS").is_some() {
-            if let Ok(out) = podman().args(["logs", &self.name]).output() {
-                eprintln!(
-                    "--- container log ---\n{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+        let show = std::thread::panicking() || std::env::var_os("KVFS_TEST_SHOW_LOGS").is_some();
+        if show && let Ok(out) = podman().args(["logs", &self.name]).output() {
+            eprintln!(
+                "--- container log ---\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let _ = podman()
             .args(["rm", "--force", "--time", "0", &self.name])
@@ -126,12 +125,13 @@ fn production_binary() -> PathBuf {
     target.join("release/kvfs")
 }
 
-/// Mount points in this (the host's) mount namespace at or under `dir`.
+/// Mount points in this (the host's) mount namespace below `dir` (the container's root).
 fn host_mounts_under(dir: &str) -> Vec<String> {
+    let below = format!("{dir}/");
     std::fs::read_to_string("/proc/self/mountinfo")
         .expect("mountinfo")
         .lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|p| p.starts_with(dir)))
+        .filter(|l| l.split(' ').nth(4).is_some_and(|p| p.starts_with(&below)))
         .map(str::to_owned)
         .collect()
 }
@@ -158,7 +158,9 @@ fn image_mounts_the_vault_with_sys_admin_only_and_stops_cleanly() {
     let build_started = Instant::now();
     run(podman()
         // The docker format: OCI image configs have no HEALTHCHECK, so podman's default drops it.
-        .args(["build", "--quiet", "--format", "docker", "--target", "prebuilt"])
+        .args([
+            "build", "--quiet", "--format", "docker", "--target", "prebuilt",
+        ])
         .arg("--file")
         .arg(repo().join("deploy/Dockerfile"))
         .args(["--build-arg", &format!("RUNTIME_BASE={base}")])
@@ -166,9 +168,10 @@ fn image_mounts_the_vault_with_sys_admin_only_and_stops_cleanly() {
         .args(["--tag", &guard.image])
         .arg(&context));
     let build_time = build_started.elapsed();
-    let size: u64 = stdout(podman().args(["image", "inspect", "--format", "{{.Size}}", &guard.image]))
-        .parse()
-        .expect("image size");
+    let size: u64 =
+        stdout(podman().args(["image", "inspect", "--format", "{{.Size}}", &guard.image]))
+            .parse()
+            .expect("image size");
     eprintln!(
         "image {}: {:.1} MB ({:.1} MB of it the binary), built in {:.1} s",
         guard.image,
@@ -198,13 +201,32 @@ fn image_mounts_the_vault_with_sys_admin_only_and_stops_cleanly() {
     let e = env.emulator();
     let ca = format!("{}:/etc/kvfs/ca.pem:ro", e.ca_path().display());
     run(podman()
-        .args(["run", "--detach", "--name", &guard.name, "--network", "host"])
-        .args(["--device", "/dev/fuse", "--cap-drop", "ALL", "--cap-add", "SYS_ADMIN"])
+        .args([
+            "run",
+            "--detach",
+            "--name",
+            &guard.name,
+            "--network",
+            "host",
+        ])
+        .args([
+            "--device",
+            "/dev/fuse",
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            "SYS_ADMIN",
+        ])
         .args(["--security-opt", "no-new-privileges", "--read-only"])
         .args(["--volume", &ca, "--env", "KVFS_LOG=info"])
         .arg(&guard.image)
         .args(["mount", "/mnt/kv", "--vault-url", &e.vault_url()])
-        .args(["--ca-file", "/etc/kvfs/ca.pem", "--imds-endpoint", &e.imds_endpoint()])
+        .args([
+            "--ca-file",
+            "/etc/kvfs/ca.pem",
+            "--imds-endpoint",
+            &e.imds_endpoint(),
+        ])
         .arg("--disable-challenge-resource-verification"));
     let merged = stdout(podman().args([
         "inspect",
@@ -223,8 +245,12 @@ fn image_mounts_the_vault_with_sys_admin_only_and_stops_cleanly() {
         if health.status.success() {
             break;
         }
-        let running = stdout(podman().args(["inspect", "--format", "{{.State.Running}}", &guard.name]));
-        assert_eq!(running, "true", "the container exited before it was healthy");
+        let running =
+            stdout(podman().args(["inspect", "--format", "{{.State.Running}}", &guard.name]));
+        assert_eq!(
+            running, "true",
+            "the container exited before it was healthy"
+        );
         assert!(
             Instant::now() < deadline,
             "not healthy within 30 s: {}{}",
@@ -247,13 +273,20 @@ fn image_mounts_the_vault_with_sys_admin_only_and_stops_cleanly() {
         .args(&check[1..])
         .status()
         .expect("health check off the mount");
-    assert!(!off_mount.success(), "the health check passes off the mount");
+    assert!(
+        !off_mount.success(),
+        "the health check passes off the mount"
+    );
 
     // A secret, read through the mount inside the container: bytes, and one GET at the vault.
     let value = run(podman().args(["exec", &guard.name, "cat", "/mnt/kv/db-password"])).stdout;
     assert_eq!(value, b"correct-horse-battery-staple");
     let counters = env.counters();
-    assert_eq!(counters.get_by_name.get("db-password"), Some(&1), "{counters:?}");
+    assert_eq!(
+        counters.get_by_name.get("db-password"),
+        Some(&1),
+        "{counters:?}"
+    );
 
     // Least privilege: kvfs holds CAP_SYS_ADMIN and nothing else.
     let status = stdout(podman().args(["exec", &guard.name, "cat", "/proc/1/status"]));
@@ -275,7 +308,11 @@ fn image_mounts_the_vault_with_sys_admin_only_and_stops_cleanly() {
     );
     let magic = stdout(podman().args(["exec", &guard.name, "stat", "-f", "-c", "%t", "/mnt/kv"]));
     assert_eq!(magic, FUSE_MAGIC);
-    assert_eq!(host_mounts_under(&merged), Vec::<String>::new(), "nothing on the host");
+    assert_eq!(
+        host_mounts_under(&merged),
+        Vec::<String>::new(),
+        "nothing on the host"
+    );
 
     // podman stop sends SIGTERM: kvfs detaches the mount and exits 0 well within the timeout.
     let stop_started = Instant::now();
@@ -283,15 +320,23 @@ fn image_mounts_the_vault_with_sys_admin_only_and_stops_cleanly() {
     let stop_time = stop_started.elapsed();
     let exit = stdout(podman().args(["inspect", "--format", "{{.State.ExitCode}}", &guard.name]));
     assert_eq!(exit, "0", "exit code after podman stop");
-    assert!(stop_time < Duration::from_secs(8), "stop took {stop_time:?}");
+    assert!(
+        stop_time < Duration::from_secs(8),
+        "stop took {stop_time:?}"
+    );
     let log = run(podman().args(["logs", &guard.name]));
-    let log = String::from_utf8_lossy(&log.stderr).into_owned() + &String::from_utf8_lossy(&log.stdout);
+    let log =
+        String::from_utf8_lossy(&log.stderr).into_owned() + &String::from_utf8_lossy(&log.stdout);
     assert!(log.contains("mount detached; exiting"), "{log}");
     assert!(
         !log.contains("correct-horse-battery-staple"),
         "a secret value reached the log"
     );
-    assert_eq!(host_mounts_under(&merged), Vec::<String>::new(), "nothing left on the host");
+    assert_eq!(
+        host_mounts_under(&merged),
+        Vec::<String>::new(),
+        "nothing left on the host"
+    );
     eprintln!(
         "stop {:.1} s; test {:.1} s",
         stop_time.as_secs_f64(),
