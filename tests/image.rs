@@ -6,6 +6,9 @@
 //! mount; the image's health check passes on the mount and fails off it; `podman stop` ends it
 //! with exit code 0 and no mount left.
 //!
+//! Every podman call here either has no network or shares this namespace's: podman's default
+//! bridge would add an interface to the namespace, breaking the suite's loopback-only rule.
+//!
 //! Safety: the emulator binds 127.0.0.1 and kvfs's IMDS requests go to it; the container shares
 //! this process's network namespace (`--network host`), which scripts/loopback-only makes
 //! loopback-only, so nothing in it can reach 169.254.169.254 or any other host.
@@ -140,6 +143,7 @@ fn host_mounts_under(dir: &str) -> Vec<String> {
 fn image_mounts_the_vault_with_sys_admin_only_and_stops_cleanly() {
     let started = Instant::now();
     let env = TestEnv::start();
+    let interfaces = kvfs::testing::non_loopback_interfaces();
     let base = std::env::var("KVFS_BASE_IMAGE").unwrap_or_else(|_| DEFAULT_BASE.to_owned());
     if !podman_ready(&base) {
         return;
@@ -158,9 +162,10 @@ fn image_mounts_the_vault_with_sys_admin_only_and_stops_cleanly() {
     let build_started = Instant::now();
     run(podman()
         // The docker format: OCI image configs have no HEALTHCHECK, so podman's default drops it.
-        .args([
-            "build", "--quiet", "--format", "docker", "--target", "prebuilt",
-        ])
+        // No network for RUN steps: podman's default bridge would add an interface to this
+        // loopback-only namespace (and the tests after this one refuse to run beside it).
+        .args(["build", "--quiet", "--format", "docker"])
+        .args(["--network", "none", "--target", "prebuilt"])
         .arg("--file")
         .arg(repo().join("deploy/Dockerfile"))
         .args(["--build-arg", &format!("RUNTIME_BASE={base}")])
@@ -336,6 +341,11 @@ fn image_mounts_the_vault_with_sys_admin_only_and_stops_cleanly() {
         host_mounts_under(&merged),
         Vec::<String>::new(),
         "nothing left on the host"
+    );
+    assert_eq!(
+        kvfs::testing::non_loopback_interfaces(),
+        interfaces,
+        "podman added a network interface to this namespace"
     );
     eprintln!(
         "stop {:.1} s; test {:.1} s",
