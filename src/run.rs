@@ -255,7 +255,10 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         let _ = detach(&plan.mountpoint);
         mount_error(e)
     })?;
-    crate::sandbox::after_mount(o.no_sandbox);
+    crate::sandbox::after_mount(
+        o.no_sandbox,
+        plan.auth.resolved_mode() == AuthMode::AzureCli,
+    );
     tracing::info!(mountpoint = %plan.mountpoint.display(), vault = %plan.vault_url, "mounted");
     let session_ended = || async {
         while !session.guard.is_finished() {

@@ -88,10 +88,18 @@ pub fn confine() -> Result<Confinement, SandboxError> {
 }
 
 /// Confines kvfs once its mount is up, unless `--no-sandbox`; says once what it did. A kernel
-/// without seccomp leaves kvfs unconfined, with a warning, not stopped.
-pub fn after_mount(disabled: bool) {
+/// without seccomp leaves kvfs unconfined, with a warning, not stopped. With `--auth
+/// azure-cli` (`execs_az`) the filter stays off: it would bind the Azure CLI (a Python program
+/// kvfs runs for every token) to kvfs's own list of system calls.
+pub fn after_mount(disabled: bool, execs_az: bool) {
     if disabled {
         tracing::warn!("--no-sandbox: kvfs keeps its capabilities and makes any system call");
+        return;
+    }
+    if execs_az {
+        tracing::warn!(
+            "sandbox: capabilities dropped, seccomp off: --auth azure-cli runs `az` for tokens"
+        );
         return;
     }
     match confine() {
@@ -268,6 +276,9 @@ mod tests {
         ] {
             assert!(!allowed.contains(&denied), "syscall {denied} is allowed");
         }
-        assert!(allowed.contains(&libc::SYS_umount2), "shutdown must unmount");
+        assert!(
+            allowed.contains(&libc::SYS_umount2),
+            "shutdown must unmount"
+        );
     }
 }

@@ -40,7 +40,11 @@ fn field<'a>(status: &'a str, name: &str) -> &'a str {
 fn threads_of(pid: i32) -> Vec<ThreadState> {
     let mut states = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
-        let tid = entry.expect("task").file_name().to_string_lossy().into_owned();
+        let tid = entry
+            .expect("task")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         // A thread may end between the listing and the read.
         let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
             continue;
@@ -62,7 +66,8 @@ fn threads_of(pid: i32) -> Vec<ThreadState> {
 /// Waits for kvfs's "mounted" line: it confines itself after the mount answers, before that line.
 fn wait_until_serving(m: &Mount) {
     assert!(
-        eventually(Duration::from_secs(10), || log_of(m).contains("kvfs::run: mounted")),
+        eventually(Duration::from_secs(10), || log_of(m)
+            .contains("kvfs::run: mounted")),
         "kvfs never said it mounted: {}",
         log_of(m)
     );
@@ -165,7 +170,9 @@ fn sandboxed_kvfs_keeps_cap_sys_admin_alone_and_every_feature_works() {
     names.sort();
     assert_eq!(
         names,
-        ["cold-0", "cold-1", "cold-2", "cold-3", "cold-4", "plain", "rotating"]
+        [
+            "cold-0", "cold-1", "cold-2", "cold-3", "cold-4", "plain", "rotating"
+        ]
     );
 
     // A rotation reaches readers: the refresh fetches it, the kernel's cache is invalidated.
