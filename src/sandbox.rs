@@ -206,6 +206,9 @@ fn allowed_syscalls() -> BTreeSet<i64> {
         libc::SYS_faccessat,
         libc::SYS_faccessat2,
         libc::SYS_getcwd,
+        // The watchdog pings systemd only after a statfs of the mountpoint answered.
+        libc::SYS_statfs,
+        libc::SYS_fstatfs,
         // The pid file under /run/kvfs/mounts is removed at exit.
         libc::SYS_unlinkat,
         // HTTPS, DNS (glibc's resolver, netlink for getaddrinfo's address check), systemd's
