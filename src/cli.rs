@@ -225,6 +225,11 @@ pub struct MountOptions {
     #[arg(long, env = "KVFS_METRICS_PER_SECRET", help_heading = "Monitoring")]
     pub metrics_per_secret: bool,
 
+    /// Keep every privilege kvfs starts with: no capability drop, no seccomp filter (for
+    /// debugging; see SECURITY.md, "Least privilege").
+    #[arg(long, env = "KVFS_NO_SANDBOX", help_heading = "Mount")]
+    pub no_sandbox: bool,
+
     /// Threads answering the kernel.
     #[arg(long, value_name = "N", default_value = "4", env = "KVFS_THREADS", value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Mount")]
     pub threads: u16,

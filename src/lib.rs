@@ -26,6 +26,7 @@ pub mod mountpoint;
 pub mod notify;
 pub mod refresh;
 pub mod run;
+pub mod sandbox;
 pub mod secret;
 pub mod store;
 #[cfg(feature = "emulator")]

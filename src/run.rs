@@ -66,6 +66,12 @@ struct Plan {
 }
 
 pub fn mount(args: MountArgs) -> Result<(), RunError> {
+    if !args.options.no_sandbox {
+        // Before any thread exists, so that every thread inherits the smaller sets.
+        if let Err(e) = crate::sandbox::drop_capabilities() {
+            tracing::warn!(error = %e, "kvfs keeps its capabilities");
+        }
+    }
     let runtime = runtime()?;
     let auth = auth_config(&args.identity);
     let plan = Plan {
@@ -263,6 +269,10 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         let _ = detach(&plan.mountpoint);
         mount_error(e)
     })?;
+    crate::sandbox::after_mount(
+        o.no_sandbox,
+        plan.auth.resolved_mode() == AuthMode::AzureCli,
+    );
     tracing::info!(mountpoint = %plan.mountpoint.display(), vault = %plan.vault_url, "mounted");
     let session_ended = || async {
         while !session.guard.is_finished() {
