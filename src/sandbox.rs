@@ -227,6 +227,9 @@ fn allowed_syscalls() -> BTreeSet<i64> {
         libc::SYS_recvmsg,
         libc::SYS_sendmmsg,
         libc::SYS_shutdown,
+        // The metrics server (--metrics-addr) accepts scrapes.
+        libc::SYS_listen,
+        libc::SYS_accept4,
         // Shutdown: the lazy detach, and its `fusermount3 -u -z` fallback; `az` for
         // --auth azure-cli. execve runs under no_new_privs, so it gains nothing.
         libc::SYS_umount2,
@@ -248,6 +251,7 @@ fn allowed_syscalls() -> BTreeSet<i64> {
         libc::SYS_pipe,
         libc::SYS_arch_prctl,
         libc::SYS_vfork,
+        libc::SYS_accept,
     ]);
     calls.into_iter().collect()
 }
