@@ -231,12 +231,10 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         reason: e.to_string(),
     };
     let fs = Arc::new(fs);
-    let session = fuser::Session::new(
-        FuseAdapter::new(fs.clone()).with_audit(audit),
-        &plan.mountpoint,
-        &config,
-    )
-    .map_err(mount_error)?;
+    let adapter = FuseAdapter::new(fs.clone())
+        .with_audit(audit)
+        .with_every_open(o.allow_root);
+    let session = fuser::Session::new(adapter, &plan.mountpoint, &config).map_err(mount_error)?;
     fs.set_invalidator(Box::new(KernelInvalidator(session.notifier())));
     // fuser's `Mount`, when dropped, unmounts the mountpoint by path while its connection is
     // alive. After the lazy detach below, that path may already hold a new kvfs's mount, so
