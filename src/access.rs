@@ -139,13 +139,18 @@ impl AccessRules {
 mod tests {
     use super::*;
 
+    /// Input, and the glob and owner parsed or a piece of the error message.
+    type ParseCase<'a> = (&'a str, Result<(&'a str, Owner), &'a str>);
+    /// Includes, excludes, and names with whether each is shown.
+    type VisibilityCase<'a> = (&'a [&'a str], &'a [&'a str], &'a [(&'a str, bool)]);
+
     fn owner(uid: u32, gid: u32, mode: u16) -> Owner {
         Owner { uid, gid, mode }
     }
 
     #[test]
     fn owner_rules_parse() {
-        let cases: &[(&str, Result<(&str, Owner), &str>)] = &[
+        let cases: &[ParseCase] = &[
             (
                 "app-a-*=1001:1001:0400",
                 Ok(("app-a-*", owner(1001, 1001, 0o400))),
@@ -224,7 +229,7 @@ mod tests {
     #[test]
     fn include_and_exclude() {
         let s = |v: &[&str]| v.iter().map(|g| (*g).to_owned()).collect::<Vec<_>>();
-        let cases: &[(&[&str], &[&str], &[(&str, bool)])] = &[
+        let cases: &[VisibilityCase] = &[
             // No rules: everything.
             (&[], &[], &[("a", true), ("hidden-x", true)]),
             (
