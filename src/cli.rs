@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use url::Url;
 
+use crate::access::{OwnerRule, parse_glob, parse_owner_rule};
+use crate::audit::{AuditTarget, parse_target};
 use crate::auth::AuthMode;
 use crate::fs::Rotation;
 use crate::logs::LogFormat;
@@ -191,6 +193,38 @@ pub struct MountOptions {
     /// Let users other than the one running kvfs use the mount (permissions still apply).
     #[arg(long, env = "KVFS_ALLOW_OTHER", help_heading = "Permissions")]
     pub allow_other: bool,
+
+    /// Let root use the mount besides the user running kvfs (FUSE's allow_root; others are
+    /// refused whatever the modes).
+    #[arg(
+        long,
+        env = "KVFS_ALLOW_ROOT",
+        conflicts_with = "allow_other",
+        help_heading = "Permissions"
+    )]
+    pub allow_root: bool,
+
+    /// Owner, group and mode of the secrets whose names match GLOB (case-insensitive), e.g.
+    /// 'app-a-*=1001:1001:0400'; repeatable, the first match wins, else --uid/--gid/--file-mode.
+    /// `.versions/<name>` follows its secret (directory: x added where r is set).
+    #[arg(long, value_name = "GLOB=UID:GID:MODE", env = "KVFS_OWNER", value_delimiter = ' ', value_parser = parse_owner_rule, help_heading = "Permissions")]
+    pub owner: Vec<OwnerRule>,
+
+    /// Show only the secrets whose names match GLOB (case-insensitive); repeatable. Others are
+    /// never listed, fetched or refreshed, and answer ENOENT.
+    #[arg(long, value_name = "GLOB", env = "KVFS_INCLUDE", value_delimiter = ' ', value_parser = parse_glob, help_heading = "Permissions")]
+    pub include: Vec<String>,
+
+    /// Hide the secrets whose names match GLOB (case-insensitive); repeatable; wins over
+    /// --include.
+    #[arg(long, value_name = "GLOB", env = "KVFS_EXCLUDE", value_delimiter = ' ', value_parser = parse_glob, help_heading = "Permissions")]
+    pub exclude: Vec<String>,
+
+    /// Append one JSON line per open of a secret (time, secret, version, pid, uid, gid,
+    /// command, container) to this file (created 0600), or - for standard output. Turns
+    /// zero-message open off: each open and close then costs a kernel round trip.
+    #[arg(long, value_name = "PATH|-", env = "KVFS_AUDIT_LOG", value_parser = parse_target, help_heading = "Permissions")]
+    pub audit_log: Option<AuditTarget>,
 
     /// Key Vault requests per second this kvfs may send, all readers and refreshes together
     /// (Key Vault allows 400/s per vault, shared by every node reading it).

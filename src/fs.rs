@@ -10,6 +10,10 @@
 //! attributes never change, which lets the kernel cache them and its pages for long. With
 //! `Rotation::InPlace` a name keeps one inode and each open handle pins a version instead.
 //! `.versions/<name>/<version>` exposes every version as a file of its own.
+//!
+//! Every file of a secret (and its `.versions/<name>` directory) carries the owner and mode
+//! the access rules give its name; names the rules hide are never listed and never looked up
+//! at Key Vault.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -21,6 +25,7 @@ use std::time::{Duration, SystemTime};
 use fuser::{FileAttr, FileType, INodeNo};
 use tokio::runtime::Handle;
 
+use crate::access::{AccessRules, Owner};
 use crate::cache::{Change, Revoked, SecretCache};
 use crate::error::StoreError;
 use crate::secret::{Secret, SecretName, SecretProperties};
@@ -81,6 +86,8 @@ pub enum FsError {
     NotFound,
     #[error("no such file (not a name Key Vault can hold)")]
     InvalidName,
+    #[error("no such file (hidden by --include/--exclude)")]
+    Hidden,
     #[error("not a directory")]
     NotDir,
     #[error("is a directory")]
@@ -97,7 +104,7 @@ impl FsError {
     /// Exhaustive on purpose: a new variant must choose its errno.
     pub fn errno(&self) -> i32 {
         match self {
-            Self::NotFound | Self::InvalidName => libc::ENOENT,
+            Self::NotFound | Self::InvalidName | Self::Hidden => libc::ENOENT,
             Self::NotDir => libc::ENOTDIR,
             Self::IsDir => libc::EISDIR,
             Self::ReadOnly => libc::EROFS,
@@ -109,7 +116,11 @@ impl FsError {
     /// Routine answers (an absent name, an absent attribute) are logged at debug only.
     pub fn is_routine(&self) -> bool {
         match self {
-            Self::NotFound | Self::InvalidName | Self::NoAttribute | Self::ReadOnly => true,
+            Self::NotFound
+            | Self::InvalidName
+            | Self::Hidden
+            | Self::NoAttribute
+            | Self::ReadOnly => true,
             Self::NotDir | Self::IsDir => false,
             Self::Store(e) => e.is_routine(),
         }
@@ -133,6 +144,15 @@ pub struct DirEntry {
     pub next_offset: u64,
     pub kind: FileType,
     pub name: String,
+}
+
+/// What an open found: the handle to give the kernel (in-place rotation only) and the version
+/// the opener reads, for the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub handle: Option<u64>,
+    pub name: SecretName,
+    pub version: Option<String>,
 }
 
 /// A directory's entries, shared between the calls that page through them.
@@ -261,6 +281,7 @@ pub struct SecretFs {
     next_handle: std::sync::atomic::AtomicU64,
     runtime: Handle,
     config: FsConfig,
+    access: AccessRules,
     inodes: Mutex<Inodes>,
     invalidator: OnceLock<Box<dyn Invalidate>>,
     /// Directory entries built from a listing (root, `.versions`), reused while it is current.
@@ -280,6 +301,7 @@ impl SecretFs {
             next_handle: std::sync::atomic::AtomicU64::new(1),
             runtime,
             config,
+            access: AccessRules::default(),
             inodes: Mutex::new(Inodes {
                 next: FIRST_DYNAMIC,
                 ..Default::default()
@@ -288,6 +310,30 @@ impl SecretFs {
             built_listings: Mutex::new(HashMap::new()),
             kernel_root: Mutex::new(None),
             mounted_at: SystemTime::now(),
+        }
+    }
+
+    /// Per-name owners and visibility (default: every secret shown, owned as `FsConfig` says).
+    pub fn with_access(mut self, access: AccessRules) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// The owner and mode of `name`'s files: its first `--owner` rule, else the global ones.
+    fn owner_of(&self, name: &SecretName) -> Owner {
+        self.access.owner_of(name.as_str()).unwrap_or(Owner {
+            uid: self.config.uid,
+            gid: self.config.gid,
+            mode: self.config.file_mode,
+        })
+    }
+
+    /// A name the rules hide does not exist: answered before any cache or Key Vault request.
+    fn visible(&self, name: SecretName) -> FsResult<SecretName> {
+        if self.access.visible(name.as_str()) {
+            Ok(name)
+        } else {
+            Err(FsError::Hidden)
         }
     }
 
@@ -322,7 +368,8 @@ impl SecretFs {
     /// How long the kernel may cache "no such name" for this failed lookup, if at all.
     pub fn negative_ttl(&self, err: &FsError) -> Option<Duration> {
         match err {
-            FsError::InvalidName => Some(INVALID_NAME_TTL),
+            // The rules are fixed for the mount's life: a hidden name stays hidden.
+            FsError::InvalidName | FsError::Hidden => Some(INVALID_NAME_TTL),
             FsError::NotFound | FsError::Store(StoreError::NotFound) => {
                 Some(self.config.negative_ttl)
             }
@@ -332,9 +379,9 @@ impl SecretFs {
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
         let (attr, listed_spelling) = match parent {
-            ROOT if name == VERSIONS_DIR => (self.dir_attr(VERSIONS), true),
+            ROOT if name == VERSIONS_DIR => (self.dir_attr(VERSIONS, None), true),
             ROOT => {
-                let name = parse_name(name)?;
+                let name = self.visible(parse_name(name)?)?;
                 let secret = self
                     .wait(self.cache.get(&name))
                     .inspect_err(|e| self.learn_gone(&name, None, e))?;
@@ -343,7 +390,7 @@ impl SecretFs {
                 (self.remember(secret, per_name), listed)
             }
             VERSIONS => {
-                let name = parse_name(name)?;
+                let name = self.visible(parse_name(name)?)?;
                 // Exists when Key Vault lists versions for it (a disabled secret has some too).
                 // Some services answer an unknown name with an empty list rather than 404.
                 let versions = self.wait(self.cache.list_versions(&name))?;
@@ -407,9 +454,9 @@ impl SecretFs {
             }
             // Unreachable by construction (file and directory inodes come from separate maps);
             // answering with the directory is still a valid reply.
-            Node::VersionsOf { lookups, .. } => {
+            Node::VersionsOf { lookups, name } => {
                 *lookups += 1;
-                self.dir_attr(ino)
+                self.dir_attr(ino, Some(&*name))
             }
         }
     }
@@ -418,6 +465,7 @@ impl SecretFs {
         let mut guard = self.inodes();
         let inodes = &mut *guard;
         let ino = ino_for(&mut inodes.next, &mut inodes.versions_of, name.key());
+        let attr = self.dir_attr(ino, Some(&name));
         match inodes
             .nodes
             .entry(ino)
@@ -425,7 +473,7 @@ impl SecretFs {
         {
             Node::VersionsOf { lookups, .. } | Node::File { lookups, .. } => *lookups += 1,
         }
-        self.dir_attr(ino)
+        attr
     }
 
     /// The kernel dropped `n` references to `ino`; at zero the inode (and its value) goes.
@@ -652,10 +700,10 @@ impl SecretFs {
 
     pub fn getattr(&self, ino: u64) -> FsResult<(FileAttr, Duration)> {
         let attr = match ino {
-            ROOT | VERSIONS => self.dir_attr(ino),
+            ROOT | VERSIONS => self.dir_attr(ino, None),
             _ => match self.inodes().nodes.get(&ino) {
                 Some(Node::File { held, .. }) => self.file_attr(ino, held),
-                Some(Node::VersionsOf { .. }) => self.dir_attr(ino),
+                Some(Node::VersionsOf { name, .. }) => self.dir_attr(ino, Some(name)),
                 None => return Err(FsError::NotFound),
             },
         };
@@ -713,19 +761,28 @@ impl SecretFs {
         Ok(secret)
     }
 
-    /// Opens `ino`. With new-inode rotation there is nothing to remember (`None`: the kernel
-    /// need not send opens at all); with in-place rotation the handle pins the version
+    /// Opens `ino`. With new-inode rotation there is nothing to remember (no handle: the
+    /// kernel need not send opens at all); with in-place rotation the handle pins the version
     /// current now, so the file never changes under its reader.
-    pub fn open(&self, ino: u64) -> FsResult<Option<u64>> {
+    pub fn open(&self, ino: u64) -> FsResult<Opened> {
         match self.config.rotation {
-            Rotation::NewInode => self.properties(ino).map(|_| None),
+            Rotation::NewInode => self.properties(ino).map(|p| Opened {
+                handle: None,
+                name: p.name,
+                version: p.version,
+            }),
             Rotation::InPlace => {
                 let secret = self.secret(ino)?;
                 let handle = self
                     .next_handle
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let opened = Opened {
+                    handle: Some(handle),
+                    name: secret.properties.name.clone(),
+                    version: secret.properties.version.clone(),
+                };
                 self.handles().insert(handle, Pinned::Value(secret));
-                Ok(Some(handle))
+                Ok(opened)
             }
         }
     }
@@ -833,7 +890,7 @@ impl SecretFs {
                 };
                 let names = listing
                     .iter()
-                    .filter(|p| p.enabled)
+                    .filter(|p| p.enabled && self.access.visible(p.name.as_str()))
                     .map(|p| (listing_ino(&p.name), kind, p.name.as_str().to_owned()));
                 let entries = Arc::new(dir_entries(ino, ROOT, names));
                 built.insert(ino, (listing, entries.clone()));
@@ -919,6 +976,7 @@ impl SecretFs {
         let p = &held.properties;
         let updated = p.updated.unwrap_or(self.mounted_at);
         let size = held.size;
+        let owner = self.owner_of(&p.name);
         FileAttr {
             ino: INodeNo(ino),
             size,
@@ -928,17 +986,26 @@ impl SecretFs {
             ctime: updated,
             crtime: p.created.unwrap_or(updated),
             kind: FileType::RegularFile,
-            perm: self.config.file_mode,
+            perm: owner.mode,
             nlink: 1,
-            uid: self.config.uid,
-            gid: self.config.gid,
+            uid: owner.uid,
+            gid: owner.gid,
             rdev: 0,
             blksize: BLOCK_SIZE,
             flags: 0,
         }
     }
 
-    fn dir_attr(&self, ino: u64) -> FileAttr {
+    /// The root and `.versions` (`of` None) have the global owner and `--dir-mode`;
+    /// `.versions/<name>` has its secret's owner, and its mode with search where read is set.
+    fn dir_attr(&self, ino: u64, of: Option<&SecretName>) -> FileAttr {
+        let (uid, gid, perm) = match of {
+            Some(name) => {
+                let owner = self.owner_of(name);
+                (owner.uid, owner.gid, owner.dir_mode())
+            }
+            None => (self.config.uid, self.config.gid, self.config.dir_mode),
+        };
         FileAttr {
             ino: INodeNo(ino),
             size: 0,
@@ -948,10 +1015,10 @@ impl SecretFs {
             ctime: self.mounted_at,
             crtime: self.mounted_at,
             kind: FileType::Directory,
-            perm: self.config.dir_mode,
+            perm,
             nlink: 2,
-            uid: self.config.uid,
-            gid: self.config.gid,
+            uid,
+            gid,
             rdev: 0,
             blksize: BLOCK_SIZE,
             flags: 0,

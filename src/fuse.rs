@@ -4,6 +4,13 @@
 //! per interval (`log_limit`): a reader repeating a failing call cannot grow the log. Every
 //! write-type operation answers EROFS (the mount is read-only too, so the kernel usually
 //! answers it first).
+//!
+//! Without an audit log, opens are zero-message (ENOSYS once, then the kernel stops sending
+//! OPEN and RELEASE). With one, every open must reach kvfs to be recorded, so OPEN is answered
+//! with a handle and `FOPEN_KEEP_CACHE`: reads still come from the page cache, but each
+//! open and close costs a round trip. So with `--allow-root`: fuser enforces that ACL itself
+//! (the kernel knows only allow_other) and refuses other users' OPEN, but a zero-message open
+//! sends none, and another user could read pages root's read left in the cache.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -17,15 +24,37 @@ use fuser::{
     TimeOrNow, WriteFlags,
 };
 
+use crate::audit::{AuditLog, Caller};
 use crate::fs::{FsError, Invalidate, SecretFs};
 
 pub struct FuseAdapter {
     fs: Arc<SecretFs>,
+    audit: Option<Arc<AuditLog>>,
+    /// Every OPEN must reach kvfs (auditing, or fuser's allow_root check): no zero-message open.
+    every_open: bool,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<SecretFs>) -> Self {
-        Self { fs }
+        Self {
+            fs,
+            audit: None,
+            every_open: false,
+        }
+    }
+
+    /// Records every successful open in `audit` (which turns zero-message open off).
+    pub fn with_audit(mut self, audit: Option<AuditLog>) -> Self {
+        self.every_open |= audit.is_some();
+        self.audit = audit.map(Arc::new);
+        self
+    }
+
+    /// Turns zero-message open off, so that fuser checks the caller of every open
+    /// (`SessionACL::RootAndOwner` is enforced by fuser, not by the kernel).
+    pub fn with_every_open(mut self, every_open: bool) -> Self {
+        self.every_open |= every_open;
+        self
     }
 }
 
@@ -112,16 +141,32 @@ fn lookup(fs: &SecretFs, parent: u64, name: &OsStr, reply: ReplyEntry) {
     }
 }
 
-fn open(fs: &SecretFs, ino: u64, reply: ReplyOpen) {
-    match fs.open(ino) {
+fn open(
+    fs: &SecretFs,
+    audit: Option<(&AuditLog, Caller)>,
+    every_open: bool,
+    ino: u64,
+    reply: ReplyOpen,
+) {
+    let opened = match fs.open(ino) {
+        Ok(opened) => opened,
+        Err(err) => return reply.error(errno("open", ino, &err)),
+    };
+    if let Some((log, caller)) = audit {
+        log.record(caller, opened.name.as_str(), opened.version.as_deref());
+    }
+    match (opened.handle, every_open) {
         // Zero-message open: ENOSYS makes the kernel stop sending OPEN and RELEASE for the
         // mount's life and keep each inode's pages across opens. Correct only because an inode
-        // is one version whose content never changes (new-inode rotation).
-        Ok(None) => reply.error(Errno::ENOSYS),
+        // is one version whose content never changes (new-inode rotation). Never when every
+        // open must be seen: the kernel would stop sending them.
+        (None, false) => reply.error(Errno::ENOSYS),
+        // Every open seen, new-inode rotation: no handle to keep, and KEEP_CACHE keeps the
+        // inode's pages across opens for the same reason as above, so reads stay message-free.
+        (None, true) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
         // In-place rotation: the handle pins a version; direct I/O keeps the page cache (shared
         // by all handles of the inode) out of the way.
-        Ok(Some(handle)) => reply.opened(FileHandle(handle), FopenFlags::FOPEN_DIRECT_IO),
-        Err(err) => reply.error(errno("open", ino, &err)),
+        (Some(handle), _) => reply.opened(FileHandle(handle), FopenFlags::FOPEN_DIRECT_IO),
     }
 }
 
@@ -199,16 +244,28 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let caller = Caller {
+            pid: req.pid(),
+            uid: req.uid(),
+            gid: req.gid(),
+        };
         crate::metrics::fuse_request("open");
         if self.fs.value_evicted(ino.0) {
-            let fs = self.fs.clone();
+            let (fs, audit, every) = (self.fs.clone(), self.audit.clone(), self.every_open);
             // In place, an open pins the value, which may have to be fetched again first.
-            self.fs
-                .runtime()
-                .spawn_blocking(move || open(&fs, ino.0, reply));
+            self.fs.runtime().spawn_blocking(move || {
+                open(
+                    &fs,
+                    audit.as_deref().map(|a| (a, caller)),
+                    every,
+                    ino.0,
+                    reply,
+                );
+            });
         } else {
-            open(&self.fs, ino.0, reply);
+            let audit = self.audit.as_deref().map(|a| (a, caller));
+            open(&self.fs, audit, self.every_open, ino.0, reply);
         }
     }
 

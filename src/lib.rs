@@ -4,12 +4,15 @@
 //! adapter) -> `fs` (inodes, attributes, listings as plain Results) -> `cache` (LRU, TTLs,
 //! single flight, stale serving) and `refresh` (keeps secrets in use fresh, pushes changes to
 //! the kernel) -> `store` (the `SecretStore` seam: Key Vault, in-memory, retries) -> `auth` and
-//! `transport` (identity and the one HTTP client). `secret` and `error` are the types all of
+//! `transport` (identity and the one HTTP client). `access` (owners, include/exclude) shapes
+//! what `fs` shows; `audit` records opens. `secret` and `error` are the types all of
 //! them share; `log_limit` keeps what readers can repeat out of the log. `emulator` is a Key
 //! Vault for tests and demos; `testing` holds what the integration tests and the benchmark
 //! share: both only with the `emulator` feature (on by default), which production builds
 //! leave out.
 
+pub mod access;
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod cli;

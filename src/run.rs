@@ -20,6 +20,8 @@ use fuser::{Config as FuseConfig, MountOption, SessionACL};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use url::Url;
 
+use crate::access::AccessRules;
+use crate::audit::AuditLog;
 use crate::auth::{self, AuthConfig, AuthMode, RenewableCredential, UserAssigned};
 use crate::cache::{CacheConfig, SecretCache};
 use crate::cli::{IdentityArgs, MountArgs, MountOptions, NetworkArgs};
@@ -192,6 +194,13 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             }))
             .map_err(|e| RunError::Setup(e.to_string()))?;
     }
+    let access = AccessRules::new(&o.owner, &o.include, &o.exclude).map_err(RunError::Setup)?;
+    let audit = o
+        .audit_log
+        .as_ref()
+        .map(AuditLog::start)
+        .transpose()
+        .map_err(|e| RunError::Setup(format!("cannot open the audit log: {e}")))?;
     if !o.no_startup_check {
         runtime
             .block_on(startup_check(&plan, credential.as_ref(), &cache))
@@ -215,7 +224,8 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             negative_ttl: o.negative_ttl,
             request_timeout: o.request_timeout,
         },
-    );
+    )
+    .with_access(access);
     let mut config = FuseConfig::default();
     config.mount_options = vec![
         MountOption::FSName(format!(
@@ -229,10 +239,10 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         MountOption::NoExec,
         MountOption::NoAtime,
     ];
-    config.acl = if o.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
+    config.acl = match (o.allow_other, o.allow_root) {
+        (true, _) => SessionACL::All,
+        (false, true) => SessionACL::RootAndOwner,
+        (false, false) => SessionACL::Owner,
     };
     config.n_threads = Some(usize::from(o.threads));
     let mount_error = |e: io::Error| RunError::Mount {
@@ -240,8 +250,10 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         reason: e.to_string(),
     };
     let fs = Arc::new(fs);
-    let session = fuser::Session::new(FuseAdapter::new(fs.clone()), &plan.mountpoint, &config)
-        .map_err(mount_error)?;
+    let adapter = FuseAdapter::new(fs.clone())
+        .with_audit(audit)
+        .with_every_open(o.allow_root);
+    let session = fuser::Session::new(adapter, &plan.mountpoint, &config).map_err(mount_error)?;
     fs.set_invalidator(Box::new(KernelInvalidator(session.notifier())));
     // fuser's `Mount`, when dropped, unmounts the mountpoint by path while its connection is
     // alive. After the lazy detach below, that path may already hold a new kvfs's mount, so

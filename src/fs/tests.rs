@@ -270,14 +270,14 @@ fn xattrs_describe_the_version_not_the_value() {
 fn in_place_rotation_keeps_one_inode_and_pins_open_handles() {
     let f = fixture_with(Duration::from_secs(300), Rotation::InPlace, 100);
     let ino = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
-    let before = f.fs.open(ino).unwrap().expect("a handle");
+    let before = f.fs.open(ino).unwrap().handle.expect("a handle");
     f.store.put("api-key", "rotated");
     f._rt.block_on(async {
         let held = f.fs.in_use();
         let changes = f.fs.cache().refresh(&held).await.unwrap().changes;
         f.fs.apply(&changes);
     });
-    let after = f.fs.open(ino).unwrap().expect("a handle");
+    let after = f.fs.open(ino).unwrap().handle.expect("a handle");
     assert_eq!(f.fs.read(ino, before, 0, 100).unwrap().as_bytes(), b"k");
     assert_eq!(
         f.fs.read(ino, after, 0, 100).unwrap().as_bytes(),
@@ -383,7 +383,7 @@ fn revocation_stops_every_inode_and_handle() {
     let f = fixture_with(Duration::from_secs(300), Rotation::InPlace, 100);
     let name = SecretName::parse("db-password").unwrap();
     let ino = f.fs.lookup(ROOT, &os("db-password")).unwrap().attr.ino.0;
-    let handle = f.fs.open(ino).unwrap().unwrap();
+    let handle = f.fs.open(ino).unwrap().handle.unwrap();
     let versions =
         f.fs.lookup(VERSIONS, &os("db-password"))
             .unwrap()
@@ -415,4 +415,86 @@ fn revocation_stops_every_inode_and_handle() {
     assert!(got.contains(&format!("{versions}/{version}")), "{got:?}");
     assert!(got.contains(&"1/db-password".to_owned()), "{got:?}");
     assert!(f.fs.in_use().is_empty(), "nothing revoked is refreshed");
+}
+
+/// The fixture plus `hidden-one`, with `--owner DB-*=1001:1002:0440` and `--exclude hidden-*`.
+fn fixture_with_access() -> Fixture {
+    let mut f = fixture();
+    f.store.put("hidden-one", "h");
+    let rules = crate::access::AccessRules::new(
+        &[crate::access::parse_owner_rule("DB-*=1001:1002:0440").unwrap()],
+        &[],
+        &["hidden-*".to_owned()],
+    )
+    .unwrap();
+    f.fs = f.fs.with_access(rules);
+    f
+}
+
+#[test]
+fn owner_rules_give_files_and_versions_their_owner_and_mode() {
+    let f = fixture_with_access();
+    let e = f.fs.lookup(ROOT, &os("db-password")).unwrap();
+    assert_eq!((e.attr.uid, e.attr.gid, e.attr.perm), (1001, 1002, 0o440));
+    let (attr, _) = f.fs.getattr(e.attr.ino.0).unwrap();
+    assert_eq!((attr.uid, attr.gid, attr.perm), (1001, 1002, 0o440));
+    // `.versions/<name>`: the secret's owner, search added where read is set.
+    let dir = f.fs.lookup(VERSIONS, &os("db-password")).unwrap();
+    assert_eq!(
+        (dir.attr.uid, dir.attr.gid, dir.attr.perm, dir.attr.kind),
+        (1001, 1002, 0o550, FileType::Directory)
+    );
+    let (attr, _) = f.fs.getattr(dir.attr.ino.0).unwrap();
+    assert_eq!((attr.uid, attr.gid, attr.perm), (1001, 1002, 0o550));
+    let (entries, _) = f.fs.readdir(dir.attr.ino.0, 0).unwrap();
+    let version = entries.last().unwrap().name.clone();
+    let v = f.fs.lookup(dir.attr.ino.0, &os(&version)).unwrap();
+    assert_eq!((v.attr.uid, v.attr.gid, v.attr.perm), (1001, 1002, 0o440));
+    // No rule matches: the global owner and modes.
+    let api = f.fs.lookup(ROOT, &os("api-key")).unwrap();
+    assert_eq!((api.attr.uid, api.attr.gid, api.attr.perm), (1, 2, 0o400));
+    let (root, _) = f.fs.getattr(ROOT).unwrap();
+    assert_eq!((root.uid, root.gid, root.perm), (1, 2, 0o500));
+    let (versions, _) = f.fs.getattr(VERSIONS).unwrap();
+    assert_eq!((versions.uid, versions.gid, versions.perm), (1, 2, 0o500));
+}
+
+#[test]
+fn hidden_names_are_not_listed_and_cost_no_request() {
+    let f = fixture_with_access();
+    let gets = f.store.gets();
+    for (parent, name) in [
+        (ROOT, "hidden-one"),
+        (ROOT, "HIDDEN-One"),
+        (VERSIONS, "hidden-one"),
+    ] {
+        let err = f.fs.lookup(parent, &os(name)).unwrap_err();
+        assert!(matches!(err, FsError::Hidden), "{name}: {err:?}");
+        assert_eq!(err.errno(), libc::ENOENT);
+        assert_eq!(f.fs.negative_ttl(&err), Some(INVALID_NAME_TTL));
+    }
+    assert_eq!(f.store.gets(), gets, "a hidden name is never fetched");
+    for dir in [ROOT, VERSIONS] {
+        let mut listed = names(f.fs.readdir(dir, 2).unwrap());
+        listed.sort();
+        assert_eq!(listed, vec!["api-key".to_owned(), "db-password".to_owned()]);
+    }
+}
+
+#[test]
+fn open_names_the_version_read() {
+    for rotation in [Rotation::NewInode, Rotation::InPlace] {
+        let f = fixture_with(Duration::ZERO, rotation, 100);
+        let e = f.fs.lookup(ROOT, &os("db-password")).unwrap();
+        let opened = f.fs.open(e.attr.ino.0).unwrap();
+        assert_eq!(opened.name.as_str(), "db-password");
+        let version =
+            f.fs.getxattr(e.attr.ino.0, &os("user.kvfs.version"))
+                .unwrap();
+        assert_eq!(
+            opened.version.as_deref().map(str::as_bytes),
+            Some(&version[..])
+        );
+        assert_eq!(opened.handle.is_some(), rotation == Rotation::InPlace);
+    }
 }

@@ -209,8 +209,9 @@ pub fn set_rotation(mode: &str) {
     let _ = ROTATION.set(mode.to_owned());
 }
 
-/// The arguments that point kvfs at `emu` (it never asks anything but the emulator), and the
-/// run's rotation mode. The request budget is opened wide: the benchmark measures kvfs's own
+/// The arguments that point kvfs at `emu` (it never asks anything but the emulator), the
+/// run's rotation mode, and `KVFS_BENCH_EXTRA_ARGS` (split on spaces, e.g.
+/// `--audit-log /dev/null` to measure auditing). The request budget is opened wide: the benchmark measures kvfs's own
 /// cost, and cold rows read more secrets than the default burst (tests/abuse.rs measures the
 /// budget itself).
 pub fn emulator_args(emu: &Emulator) -> Vec<String> {
@@ -232,6 +233,14 @@ pub fn emulator_args(emu: &Emulator) -> Vec<String> {
             .map_or("new-inode", String::as_str)
             .to_owned(),
     ]
+    .into_iter()
+    .chain(
+        std::env::var("KVFS_BENCH_EXTRA_ARGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned),
+    )
+    .collect()
 }
 
 /// A running `kvfs mount`. Drop sends SIGTERM, waits, kills if it must, and detaches a mount
