@@ -210,6 +210,11 @@ pub struct MountOptions {
     #[arg(long, value_name = "DURATION", default_value = "5s", env = "KVFS_SHUTDOWN_GRACE", value_parser = parse_shutdown_grace, help_heading = "Mount")]
     pub shutdown_grace: Duration,
 
+    /// Refuse to run when memory cannot be locked (mlockall needs CAP_IPC_LOCK or a large
+    /// enough RLIMIT_MEMLOCK); without it kvfs warns once and runs with swappable memory.
+    #[arg(long, env = "KVFS_REQUIRE_MLOCK", help_heading = "Mount")]
+    pub require_mlock: bool,
+
     /// Threads answering the kernel.
     #[arg(long, value_name = "N", default_value = "4", env = "KVFS_THREADS", value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Mount")]
     pub threads: u16,

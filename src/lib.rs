@@ -4,8 +4,9 @@
 //! adapter) -> `fs` (inodes, attributes, listings as plain Results) -> `cache` (LRU, TTLs,
 //! single flight, stale serving) and `refresh` (keeps secrets in use fresh, pushes changes to
 //! the kernel) -> `store` (the `SecretStore` seam: Key Vault, in-memory, retries) -> `auth` and
-//! `transport` (identity and the one HTTP client). `secret` and `error` are the types all of
-//! them share; `log_limit` keeps what readers can repeat out of the log. `emulator` is a Key
+//! `transport` (identity and the one HTTP client). `hardening` locks the process's memory and
+//! keeps it out of core dumps before any secret arrives. `secret` and `error` are the types all
+//! of them share; `log_limit` keeps what readers can repeat out of the log. `emulator` is a Key
 //! Vault for tests and demos; `testing` holds what the integration tests and the benchmark
 //! share: both only with the `emulator` feature (on by default), which production builds
 //! leave out.
@@ -18,6 +19,7 @@ pub mod emulator;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod hardening;
 pub mod log_limit;
 pub mod logs;
 pub mod mount_helper;
