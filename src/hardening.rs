@@ -64,7 +64,7 @@ pub fn protect(require_mlock: bool) -> Result<Protections, HardeningError> {
         Err(e) => {
             tracing::warn!(
                 error = %e,
-                "memory not locked (mlockall failed): secret values could reach swap; {MLOCK_FIX}, \
+                "memory not locked: secret values could reach swap; {MLOCK_FIX}, \
                  or pass --require-mlock to refuse to run unlocked"
             );
             Ok(Protections {
@@ -90,10 +90,50 @@ fn disable_core_files() -> io::Result<()> {
     check(rc)
 }
 
+/// CAP_IPC_LOCK's bit in the capability sets (linux/capability.h).
+const CAP_IPC_LOCK: u32 = 14;
+
 fn lock_memory() -> io::Result<()> {
+    // Without CAP_IPC_LOCK every locked mapping counts against RLIMIT_MEMLOCK, reserved thread
+    // stacks and allocator arenas included (hundreds of MiB of address space, most of it never
+    // touched). With MCL_FUTURE, a finite limit would make a later mmap fail: a thread that
+    // cannot start, an allocation that aborts. Only an unlimited limit is safe to lock under.
+    if !status_has_capability(&read_status(), CAP_IPC_LOCK) {
+        let limit = memlock_limit()?;
+        if limit != libc::RLIM_INFINITY {
+            return Err(io::Error::other(format!(
+                "no CAP_IPC_LOCK and RLIMIT_MEMLOCK is {limit} bytes, not unlimited: locking every \
+                 future mapping would make later allocations fail"
+            )));
+        }
+    }
     // SAFETY: mlockall takes flags only; it changes how pages are kept, not their contents.
     let rc = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) };
     check(rc)
+}
+
+fn memlock_limit() -> io::Result<libc::rlim_t> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit that the call fills.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
+    check(rc).map(|()| limit.rlim_cur)
+}
+
+fn read_status() -> String {
+    std::fs::read_to_string("/proc/self/status").unwrap_or_default()
+}
+
+/// Whether the `CapEff:` line of a /proc/<pid>/status text has capability `bit`; false when
+/// the line is missing or unreadable.
+fn status_has_capability(status: &str, bit: u32) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1u64 << bit) != 0)
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {
@@ -216,6 +256,20 @@ mod tests {
         let freed = freed(&a);
         assert_eq!(freed.len(), 4, "three moves and the final free");
         assert!(freed.iter().all(|&z| z));
+    }
+
+    #[test]
+    fn capabilities_are_read_from_the_effective_set() {
+        let root = "Name:\tkvfs\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert!(status_has_capability(root, CAP_IPC_LOCK));
+        let without = "CapPrm:\t0000000000004000\nCapEff:\t000001ffffffbfff\n";
+        assert!(!status_has_capability(without, CAP_IPC_LOCK));
+        assert!(status_has_capability(
+            "CapEff:\t0000000000004000\n",
+            CAP_IPC_LOCK
+        ));
+        assert!(!status_has_capability("CapEff:\tzz\n", CAP_IPC_LOCK));
+        assert!(!status_has_capability("", CAP_IPC_LOCK));
     }
 
     #[test]

@@ -302,6 +302,73 @@ fn memory_is_locked_never_dumped_and_owned_by_root() {
     );
 }
 
+/// linux/capability.h (libc exports no capability numbers).
+const CAP_IPC_LOCK: libc::c_ulong = 14;
+
+/// `cmd` as root without CAP_IPC_LOCK (dropped from the bounding set before exec, so the new
+/// program never has it) and with RLIMIT_MEMLOCK 64 KiB: a container's default.
+fn without_memory_locking(cmd: &mut Command) {
+    // SAFETY: prctl and setrlimit are async-signal-safe and touch no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64 << 10,
+                rlim_max: 64 << 10,
+            };
+            if libc::prctl(libc::PR_CAPBSET_DROP, CAP_IPC_LOCK, 0, 0, 0) != 0
+                || libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn without_cap_ipc_lock_kvfs_warns_once_or_with_require_mlock_refuses() {
+    let env = TestEnv::start();
+    let value = canary();
+    env.vault().set_secret("canary", &value);
+
+    let path = env.mountpoint("mnt");
+    let mut cmd = env.command(&path, &[]);
+    without_memory_locking(&mut cmd);
+    let m = Mount::start(cmd, path);
+    assert_eq!(m.read("canary").expect("read"), value.as_bytes());
+    assert_eq!(kib(&status_field(m.pid(), "VmLck:")), 0, "nothing locked");
+    let log = std::fs::read_to_string(&m.log_path).expect("log");
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("memory not locked:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning: {log}");
+    assert!(warnings[0].contains("CAP_IPC_LOCK") && warnings[0].contains("RLIMIT_MEMLOCK"));
+    drop(m);
+
+    let before = env.counters();
+    let path = env.mountpoint("refused");
+    let mut cmd = env.command(&path, &["--require-mlock"]);
+    without_memory_locking(&mut cmd);
+    let out = cmd.stdin(Stdio::null()).output().expect("kvfs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "--require-mlock without the right must fail: {stderr}"
+    );
+    assert!(
+        stderr.contains("--require-mlock") && stderr.contains("CAP_IPC_LOCK"),
+        "{stderr}"
+    );
+    assert!(!common::is_mounted(&path), "nothing mounted");
+    let after = env.counters();
+    assert_eq!(
+        (after.total, after.imds_tokens),
+        (before.total, before.imds_tokens),
+        "the refused kvfs asked for nothing, not even a token"
+    );
+}
+
 /// Runs a command and keeps its output for the leak check.
 fn run(outputs: &mut Vec<(String, Output)>, program: &str, args: &[&Path]) -> Output {
     let output = Command::new(program)
