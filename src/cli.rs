@@ -264,6 +264,12 @@ pub struct MountOptions {
     #[arg(long, env = "KVFS_NO_SANDBOX", help_heading = "Mount")]
     pub no_sandbox: bool,
 
+    /// Refuse to run when memory cannot be locked (kvfs locks under an unlimited RLIMIT_MEMLOCK,
+    /// which it raises itself with CAP_SYS_RESOURCE); without it kvfs warns once and runs with
+    /// swappable memory.
+    #[arg(long, env = "KVFS_REQUIRE_MLOCK", help_heading = "Mount")]
+    pub require_mlock: bool,
+
     /// Threads answering the kernel.
     #[arg(long, value_name = "N", default_value = "4", env = "KVFS_THREADS", value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Mount")]
     pub threads: u16,

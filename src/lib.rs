@@ -5,7 +5,8 @@
 //! single flight, stale serving) and `refresh` (keeps secrets in use fresh, pushes changes to
 //! the kernel) -> `store` (the `SecretStore` seam: Key Vault, in-memory, retries) -> `auth` and
 //! `transport` (identity and the one HTTP client). `access` (owners, include/exclude) shapes
-//! what `fs` shows; `audit` records opens. `secret` and `error` are the types all of
+//! what `fs` shows; `audit` records opens; `hardening` locks the process's memory and keeps it
+//! out of core dumps before any secret arrives. `secret` and `error` are the types all of
 //! them share; `log_limit` keeps what readers can repeat out of the log. `emulator` is a Key
 //! Vault for tests and demos; `testing` holds what the integration tests and the benchmark
 //! share: both only with the `emulator` feature (on by default), which production builds
@@ -21,6 +22,7 @@ pub mod emulator;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod hardening;
 pub mod log_limit;
 pub mod logs;
 pub mod metrics;

@@ -87,7 +87,9 @@ fn client(config: &TransportConfig) -> Result<Built, TransportError> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(config.connect_timeout)
         .timeout(config.request_timeout)
-        .pool_idle_timeout(Duration::from_secs(90));
+        // An idle connection keeps the last response's plaintext (a value, a token) in its TLS
+        // receive buffer; closing it frees that buffer, which the allocator then zeroes.
+        .pool_idle_timeout(Duration::from_secs(1));
     let mut ca = None;
     if let Some(path) = &config.ca_file {
         let pem = read_ca(path)?;
