@@ -137,7 +137,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         connect_timeout: o.request_timeout.min(Duration::from_secs(5)),
         request_timeout: o.request_timeout,
         budget: Some(Arc::new(RequestBudget::new(
-            plan.vault_url.host_str().unwrap_or_default(),
+            &plan.vault_url,
             o.max_request_rate,
             o.max_request_burst,
             o.request_timeout,

@@ -25,19 +25,20 @@ pub struct RequestBudget {
     limiter: DefaultDirectRateLimiter,
     /// Held while waiting for a token: tokio's mutex queues waiters in arrival order.
     queue: tokio::sync::Mutex<()>,
-    /// Only requests to this host (the vault) are counted.
-    host: String,
+    /// Only requests to this origin (the vault's scheme, host and port) are counted: an
+    /// identity endpoint on the same host (an emulator) is not the vault.
+    vault: url::Origin,
     max_wait: Duration,
     rate: NonZeroU32,
     burst: NonZeroU32,
 }
 
 impl RequestBudget {
-    pub fn new(host: &str, rate: NonZeroU32, burst: NonZeroU32, max_wait: Duration) -> Self {
+    pub fn new(vault: &url::Url, rate: NonZeroU32, burst: NonZeroU32, max_wait: Duration) -> Self {
         Self {
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             queue: tokio::sync::Mutex::new(()),
-            host: host.to_ascii_lowercase(),
+            vault: vault.origin(),
             max_wait,
             rate,
             burst,
@@ -69,10 +70,7 @@ impl RequestBudget {
     }
 
     fn counts(&self, request: &Request) -> bool {
-        request
-            .url()
-            .host_str()
-            .is_some_and(|h| h.eq_ignore_ascii_case(&self.host))
+        request.url().origin() == self.vault
     }
 }
 
@@ -86,7 +84,7 @@ pub struct Budgeted {
 impl std::fmt::Debug for RequestBudget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestBudget")
-            .field("host", &self.host)
+            .field("vault", &self.vault.ascii_serialization())
             .field("rate", &self.rate)
             .field("burst", &self.burst)
             .finish_non_exhaustive()
@@ -123,7 +121,7 @@ mod tests {
 
     fn budget(rate: u32, burst: u32, max_wait: Duration) -> RequestBudget {
         RequestBudget::new(
-            "v.vault.azure.net",
+            &url::Url::parse("https://v.vault.azure.net").unwrap(),
             NonZeroU32::new(rate).unwrap(),
             NonZeroU32::new(burst).unwrap(),
             max_wait,
@@ -158,7 +156,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_vault_host_counts() {
+    fn only_the_vault_origin_counts() {
         let b = budget(1, 1, Duration::from_secs(1));
         let vault = Request::new(
             azure_core::http::Url::parse("https://V.vault.azure.net/secrets/x").unwrap(),
@@ -169,7 +167,12 @@ mod tests {
                 .unwrap(),
             azure_core::http::Method::Get,
         );
+        let other_port = Request::new(
+            azure_core::http::Url::parse("https://v.vault.azure.net:8443/token").unwrap(),
+            azure_core::http::Method::Post,
+        );
         assert!(b.counts(&vault));
         assert!(!b.counts(&imds));
+        assert!(!b.counts(&other_port));
     }
 }
