@@ -9,10 +9,10 @@
 //!   to swap. `MCL_ONFAULT` locks each page when it is first touched instead of populating
 //!   every mapping at once, so reserved but unused memory (thread stacks, allocator arenas)
 //!   costs nothing; every page that could hold a value is still locked before it holds one.
-//!   Only under an unlimited `RLIMIT_MEMLOCK` (raised here with CAP_SYS_RESOURCE when kvfs has
-//!   it): the sandbox later drops CAP_IPC_LOCK, after which every locked mapping counts against
-//!   the limit. Best effort: otherwise kvfs warns once and goes on, unless `--require-mlock`
-//!   makes that fatal.
+//!   Under an unlimited `RLIMIT_MEMLOCK` (raised here with CAP_SYS_RESOURCE when kvfs has it),
+//!   or else with CAP_IPC_LOCK, which the sandbox then keeps: without either, every locked
+//!   mapping would count against a finite limit. Best effort: otherwise kvfs warns once and
+//!   goes on, unless `--require-mlock` makes that fatal.
 //!
 //! With them, `ZeroOnFree` (the binary's global allocator) wipes every heap block when it is
 //! freed: the HTTP bodies, the SDK's `String`s and serde_json's buffers that held a value or
@@ -21,6 +21,7 @@
 //! block unwiped.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The global allocator of the `kvfs` binary: the system allocator, each block zeroed as it
 /// is freed (1Password's `zeroizing-alloc`; its `realloc` is the trait's default, alloc + copy
@@ -31,9 +32,8 @@ pub type ZeroOnFree = zeroizing_alloc::ZeroAlloc<std::alloc::System>;
 pub const ZERO_ON_FREE: ZeroOnFree = zeroizing_alloc::ZeroAlloc(std::alloc::System);
 
 /// What a failed `mlockall` tells the operator to change.
-const MLOCK_FIX: &str = "run kvfs with an unlimited RLIMIT_MEMLOCK (systemd: LimitMEMLOCK=infinity; \
-    a shell: ulimit -l unlimited) or with CAP_SYS_RESOURCE so that it raises it itself (root \
-    and privileged containers have it)";
+const MLOCK_FIX: &str = "run kvfs with CAP_IPC_LOCK (Kubernetes: capabilities.add IPC_LOCK) or an \
+    unlimited RLIMIT_MEMLOCK (systemd: LimitMEMLOCK=infinity; a shell: ulimit -l unlimited)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HardeningError {
@@ -92,31 +92,51 @@ fn disable_core_files() -> io::Result<()> {
     check(rc)
 }
 
+/// Set when memory was locked on the strength of CAP_IPC_LOCK under a finite RLIMIT_MEMLOCK:
+/// the sandbox must then keep CAP_IPC_LOCK, or every later mapping would fail.
+static LOCKED_BY_CAPABILITY: AtomicBool = AtomicBool::new(false);
+
+/// Whether the locked memory depends on CAP_IPC_LOCK (the sandbox keeps it then).
+pub fn locked_by_capability() -> bool {
+    LOCKED_BY_CAPABILITY.load(Ordering::Relaxed)
+}
+
 fn lock_memory() -> io::Result<()> {
-    // With MCL_FUTURE every later mapping is locked too, and counts against RLIMIT_MEMLOCK
-    // unless the process has CAP_IPC_LOCK, which the sandbox drops once the mount is up
-    // (reserved thread stacks and allocator arenas are hundreds of MiB of address space). A
-    // finite limit would then make a later mmap fail: a thread that cannot start, an
-    // allocation that aborts. So memory is locked only under an unlimited limit, raised here
-    // while kvfs still may (CAP_SYS_RESOURCE).
+    // With MCL_FUTURE every later mapping is locked too (reserved thread stacks and allocator
+    // arenas are hundreds of MiB of address space) and counts against RLIMIT_MEMLOCK unless
+    // the process has CAP_IPC_LOCK; a finite limit would then make a later mmap fail (a thread
+    // that cannot start, an allocation that aborts). So the limit is raised to unlimited while
+    // kvfs still may (CAP_SYS_RESOURCE); failing that, memory is locked only with
+    // CAP_IPC_LOCK, which the sandbox then keeps.
     if memlock_limit()? != libc::RLIM_INFINITY {
         let unlimited = libc::rlimit {
             rlim_cur: libc::RLIM_INFINITY,
             rlim_max: libc::RLIM_INFINITY,
         };
         // SAFETY: `unlimited` is a valid rlimit that outlives the call, which only reads it.
-        let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
-        if rc != 0 {
-            let limit = memlock_limit()?;
-            return Err(io::Error::other(format!(
-                "RLIMIT_MEMLOCK is {limit} bytes and cannot be raised to unlimited ({}): locking \
-                 every future mapping would make later allocations fail",
-                io::Error::last_os_error()
-            )));
+        let raised = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0;
+        if !raised {
+            let has_ipc_lock = caps::has_cap(
+                None,
+                caps::CapSet::Effective,
+                caps::Capability::CAP_IPC_LOCK,
+            )
+            .unwrap_or(false);
+            if !has_ipc_lock {
+                let limit = memlock_limit()?;
+                return Err(io::Error::other(format!(
+                    "no CAP_IPC_LOCK, and RLIMIT_MEMLOCK is {limit} bytes and cannot be raised to \
+                     unlimited: locking every future mapping would make later allocations fail"
+                )));
+            }
+            LOCKED_BY_CAPABILITY.store(true, Ordering::Relaxed);
         }
     }
     // SAFETY: mlockall takes flags only; it changes how pages are kept, not their contents.
     let rc = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) };
+    if rc != 0 {
+        LOCKED_BY_CAPABILITY.store(false, Ordering::Relaxed);
+    }
     check(rc)
 }
 

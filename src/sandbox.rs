@@ -47,11 +47,16 @@ pub const KEPT: Capability = Capability::CAP_SYS_ADMIN;
 /// start: call it while the process has one thread. Without CAP_SETPCAP (not root) the
 /// bounding set stays as it is: such a process holds no capability to lose anyway.
 pub fn drop_capabilities() -> Result<(), SandboxError> {
-    let keep: caps::CapsHashSet = [KEPT].into_iter().collect();
+    let mut keep: caps::CapsHashSet = [KEPT].into_iter().collect();
+    // Memory locked under a finite RLIMIT_MEMLOCK stays locked only with CAP_IPC_LOCK: without
+    // it, every later mapping would count against the limit and fail.
+    if crate::hardening::locked_by_capability() {
+        keep.insert(Capability::CAP_IPC_LOCK);
+    }
     caps::clear(None, CapSet::Ambient)?;
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)? {
         for cap in caps::read(None, CapSet::Bounding)? {
-            if cap != KEPT {
+            if !keep.contains(&cap) {
                 caps::drop(None, CapSet::Bounding, cap)?;
             }
         }

@@ -304,10 +304,11 @@ fn memory_is_locked_never_dumped_and_owned_by_root() {
 
 /// linux/capability.h (libc exports no capability numbers).
 const CAP_SYS_RESOURCE: libc::c_ulong = 24;
+const CAP_IPC_LOCK: libc::c_ulong = 14;
 
-/// `cmd` as root without CAP_SYS_RESOURCE (dropped from the bounding set before exec, so the
-/// new program never has it) and with RLIMIT_MEMLOCK 64 KiB, a container's default: kvfs cannot
-/// raise the limit to unlimited, the only one it locks memory under.
+/// `cmd` as root without CAP_SYS_RESOURCE and CAP_IPC_LOCK (dropped from the bounding set
+/// before exec, so the new program never has them) and with RLIMIT_MEMLOCK 64 KiB, a
+/// container's default: kvfs can neither raise the limit nor lock beyond it.
 fn without_memory_locking(cmd: &mut Command) {
     // SAFETY: prctl and setrlimit are async-signal-safe and touch no memory of the parent.
     unsafe {
@@ -317,6 +318,7 @@ fn without_memory_locking(cmd: &mut Command) {
                 rlim_max: 64 << 10,
             };
             if libc::prctl(libc::PR_CAPBSET_DROP, CAP_SYS_RESOURCE, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_CAPBSET_DROP, CAP_IPC_LOCK, 0, 0, 0) != 0
                 || libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) != 0
             {
                 return Err(std::io::Error::last_os_error());
@@ -439,6 +441,9 @@ fn a_canary_read_every_way_reaches_no_log_error_environ_or_metric() {
     if let Some(port) = metrics_port {
         extra.extend(["--metrics-addr".to_owned(), format!("127.0.0.1:{port}")]);
     }
+    // Every open is audited too: the audit trail must name the canary, never show its value.
+    let audit_path = env.dir.path().join("audit.jsonl");
+    extra.extend(["--audit-log".to_owned(), audit_path.display().to_string()]);
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let mut cmd = env.command(&path, &extra);
     cmd.env("KVFS_LOG", TRACE);
@@ -513,6 +518,11 @@ fn a_canary_read_every_way_reaches_no_log_error_environ_or_metric() {
     let metrics = metrics_port.map(|port| http_get(port, "/metrics"));
     let environ = std::fs::read(format!("/proc/{}/environ", m.pid())).expect("environ");
     let log = std::fs::read_to_string(&m.log_path).expect("kvfs log");
+    let audit = std::fs::read_to_string(&audit_path).expect("audit log");
+    assert!(
+        audit.contains("\"canary\""),
+        "the opens were audited: {audit}"
+    );
 
     // The log is at its most verbose and covers these paths, so an absent canary means
     // something (kvfs logs nothing at trace that it does not log at debug).
@@ -524,6 +534,7 @@ fn a_canary_read_every_way_reaches_no_log_error_environ_or_metric() {
     );
     for secret in [value.as_str(), hung_value.as_str()] {
         assert!(!log.contains(secret), "a value reached kvfs's log");
+        assert!(!audit.contains(secret), "a value reached the audit log");
         assert!(
             occurrences(&environ, secret.as_bytes()) == 0,
             "a value in /proc/<pid>/environ"
