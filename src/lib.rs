@@ -1,16 +1,18 @@
 //! kvfs: an Azure Key Vault as a read-only FUSE filesystem.
 //!
-//! Reading order: `cli` (flags) -> `run` (startup, mount, shutdown) -> `fuse` (thin fuser
-//! adapter) -> `fs` (inodes, attributes, listings as plain Results) -> `cache` (LRU, TTLs,
-//! single flight, stale serving) and `refresh` (keeps secrets in use fresh, pushes changes to
-//! the kernel) -> `store` (the `SecretStore` seam: Key Vault, in-memory, retries) -> `auth` and
-//! `transport` (identity and the one HTTP client). `access` (owners, include/exclude) shapes
-//! what `fs` shows; `audit` records opens; `hardening` locks the process's memory and keeps it
-//! out of core dumps before any secret arrives. `secret` and `error` are the types all of
-//! them share; `log_limit` keeps what readers can repeat out of the log. `emulator` is a Key
-//! Vault for tests and demos; `testing` holds what the integration tests and the benchmark
-//! share: both only with the `emulator` feature (on by default), which production builds
-//! leave out.
+//! Reading order: `cli` (flags) -> `run` (startup, mount, shutdown; `mountpoint` checks where
+//! it mounts, `notify` tells systemd) -> `fuse` (thin fuser adapter) -> `fs` (inodes,
+//! attributes, listings as plain Results) -> `cache` (LRU, TTLs, single flight, stale serving)
+//! and `refresh` (keeps secrets in use fresh, pushes changes to the kernel) -> `store` (the
+//! `SecretStore` seam: Key Vault, in-memory, retries) -> `auth` and `transport` (identity, the
+//! one HTTP client, the request budget). `access` (owners, include/exclude) shapes what `fs`
+//! shows; `audit` records opens. `hardening` locks the process's memory and keeps it out of
+//! core dumps before any secret arrives; `sandbox` drops privileges once the mount is up.
+//! `metrics` serves Prometheus and health probes; `logs` and `log_limit` are the logging and
+//! what readers cannot repeat in it; `mount_helper` is the binary as `mount.kvfs`. `secret` and
+//! `error` are the types all of them share. `emulator` is a Key Vault for tests and demos;
+//! `testing` holds what the integration tests and the benchmark share: both only with the
+//! `emulator` feature (on by default), which production builds leave out.
 
 pub mod access;
 pub mod audit;
