@@ -221,7 +221,7 @@ impl Change {
 }
 
 /// Why a secret or version stopped being served: what its readers get from then on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Revoked {
     /// Deleted (404): ENOENT.
     Deleted,

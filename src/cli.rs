@@ -264,6 +264,12 @@ pub struct MountOptions {
     #[arg(long, env = "KVFS_NO_SANDBOX", help_heading = "Mount")]
     pub no_sandbox: bool,
 
+    /// Control socket for live upgrades: a kvfs started on a mountpoint that a live kvfs serves
+    /// takes the connection over through it, and the old one exits (default:
+    /// /run/kvfs/control/<mountpoint>.sock; root only).
+    #[arg(long, value_name = "PATH", env = "KVFS_CONTROL_SOCKET", help_heading = "Mount")]
+    pub control_socket: Option<PathBuf>,
+
     /// Refuse to run when memory cannot be locked (kvfs locks under an unlimited RLIMIT_MEMLOCK,
     /// which it raises itself with CAP_SYS_RESOURCE); without it kvfs warns once and runs with
     /// swappable memory.

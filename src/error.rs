@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 /// Why Key Vault refused (403). All of these are definitive answers, not outages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Forbidden {
     /// The identity has no role or access policy granting secrets/get or secrets/list.
     Rbac,

@@ -230,7 +230,20 @@ impl Held {
 /// What an in-place open handle reads.
 enum Pinned {
     Value(Arc<Secret>),
+    /// Handed over by the previous kvfs without its value: fetched by exact version at the
+    /// first read.
+    Unfetched(SecretProperties),
     Revoked(Revoked),
+}
+
+impl Pinned {
+    fn properties(&self) -> Option<&SecretProperties> {
+        match self {
+            Self::Value(secret) => Some(&secret.properties),
+            Self::Unfetched(properties) => Some(properties),
+            Self::Revoked(_) => None,
+        }
+    }
 }
 
 enum Node {
@@ -551,8 +564,8 @@ impl SecretFs {
             add(&held.properties);
         }
         for pinned in self.handles().values() {
-            if let Pinned::Value(secret) = pinned {
-                add(&secret.properties);
+            if let Some(properties) = pinned.properties() {
+                add(properties);
             }
         }
         older.into_values().collect()
@@ -625,8 +638,7 @@ impl SecretFs {
         }
         drop(guard);
         for pinned in self.handles().values_mut() {
-            if let Pinned::Value(secret) = pinned {
-                let p = &secret.properties;
+            if let Some(p) = pinned.properties() {
                 if p.name.key() == name_key
                     && version.is_none_or(|v| p.version.as_deref() == Some(v))
                 {
@@ -801,7 +813,8 @@ impl SecretFs {
     /// clamped to the value: past the end is an empty read.
     pub fn read(&self, ino: u64, handle: u64, offset: u64, size: u32) -> FsResult<ReadData> {
         let secret = match self.pinned(handle)? {
-            Some(secret) => secret,
+            Some(Ok(secret)) => secret,
+            Some(Err(properties)) => self.fetch_pinned(handle, &properties)?,
             None => self.secret(ino)?,
         };
         Ok(ReadData::new(secret, offset, size))
@@ -817,7 +830,8 @@ impl SecretFs {
         size: u32,
     ) -> FsResult<Option<ReadData>> {
         let secret = match self.pinned(handle)? {
-            Some(secret) => secret,
+            Some(Ok(secret)) => secret,
+            Some(Err(_)) => return Ok(None),
             None => match self.in_memory(ino)? {
                 Ok(secret) => secret,
                 Err(_) => return Ok(None),
@@ -826,13 +840,30 @@ impl SecretFs {
         Ok(Some(ReadData::new(secret, offset, size)))
     }
 
-    /// The version `handle` pinned, if it is an in-place handle; its revocation if revoked.
-    fn pinned(&self, handle: u64) -> FsResult<Option<Arc<Secret>>> {
+    /// The version `handle` pinned, if it is an in-place handle (its properties if it must be
+    /// fetched first); its revocation if revoked.
+    fn pinned(&self, handle: u64) -> FsResult<Option<Result<Arc<Secret>, SecretProperties>>> {
         match self.handles().get(&handle) {
-            Some(Pinned::Value(secret)) => Ok(Some(secret.clone())),
+            Some(Pinned::Value(secret)) => Ok(Some(Ok(secret.clone()))),
+            Some(Pinned::Unfetched(properties)) => Ok(Some(Err(properties.clone()))),
             Some(Pinned::Revoked(why)) => Err(FsError::Store(why.error())),
             None => Ok(None),
         }
+    }
+
+    /// Fetches a handed-over handle's version by its exact id, and pins it.
+    fn fetch_pinned(&self, handle: u64, properties: &SecretProperties) -> FsResult<Arc<Secret>> {
+        let name = &properties.name;
+        let version = properties.version.as_deref();
+        let secret = match version {
+            Some(version) => self.wait(self.cache.get_version(name, version)),
+            None => self.wait(self.cache.get(name)),
+        }
+        .inspect_err(|e| self.learn_gone(name, version, e))?;
+        if let Some(pinned @ Pinned::Unfetched(_)) = self.handles().get_mut(&handle) {
+            *pinned = Pinned::Value(secret.clone());
+        }
+        Ok(secret)
     }
 
     fn handles(&self) -> MutexGuard<'_, HashMap<u64, Pinned>> {
@@ -1101,5 +1132,8 @@ fn rfc3339(t: SystemTime) -> Option<String> {
         .ok()
 }
 
+mod state;
 #[cfg(test)]
 mod tests;
+
+pub use state::FsState;

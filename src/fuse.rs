@@ -193,6 +193,9 @@ fn readdir(fs: &SecretFs, ino: u64, offset: u64, mut reply: ReplyDirectory) {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Nothing is ever written; a small maximum keeps the relay's buffer small (the kernel
+        // refuses a read of the device into a buffer smaller than max_write).
+        let _ = config.set_max_write(crate::handoff::relay::MAX_WRITE);
         // Without it the kernel serialises lookups in a directory: one lookup waiting on Key
         // Vault would hold up every other, cached or not.
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS) {

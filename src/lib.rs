@@ -8,6 +8,7 @@
 //! one HTTP client, the request budget). `access` (owners, include/exclude) shapes what `fs`
 //! shows; `audit` records opens. `hardening` locks the process's memory and keeps it out of
 //! core dumps before any secret arrives; `sandbox` drops privileges once the mount is up.
+//! `handoff` passes the live FUSE connection to a new kvfs on restart or upgrade.
 //! `metrics` serves Prometheus and health probes; `logs` and `log_limit` are the logging and
 //! what readers cannot repeat in it; `mount_helper` is the binary as `mount.kvfs`. `secret` and
 //! `error` are the types all of them share. `emulator` is a Key Vault for tests and demos;
@@ -24,6 +25,7 @@ pub mod emulator;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod handoff;
 pub mod hardening;
 pub mod log_limit;
 pub mod logs;

@@ -127,10 +127,18 @@ fn alive(pid: u32) -> bool {
 
 /// Where the pid file of a kvfs serving `mountpoint` is.
 fn pid_path(mountpoint: &Path) -> Option<PathBuf> {
+    runtime_path(mountpoint, "mounts", "pid")
+}
+
+/// A per-mountpoint file in kvfs's runtime directory (`/run/kvfs/<kind>/` for root, else
+/// under `XDG_RUNTIME_DIR`), named after the canonical mountpoint.
+pub fn runtime_path(mountpoint: &Path, kind: &str, extension: &str) -> Option<PathBuf> {
     let dir = if is_root() {
-        PathBuf::from("/run/kvfs/mounts")
+        PathBuf::from("/run/kvfs").join(kind)
     } else {
-        PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?).join("kvfs/mounts")
+        PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?)
+            .join("kvfs")
+            .join(kind)
     };
     let canonical = std::fs::canonicalize(mountpoint).ok()?;
     let name: String = canonical
@@ -138,7 +146,7 @@ fn pid_path(mountpoint: &Path) -> Option<PathBuf> {
         .chars()
         .map(|c| if c == '/' { '-' } else { c })
         .collect();
-    Some(dir.join(format!("{name}.pid")))
+    Some(dir.join(format!("{name}.{extension}")))
 }
 
 fn is_root() -> bool {

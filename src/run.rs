@@ -28,6 +28,7 @@ use crate::cli::{IdentityArgs, MountArgs, MountOptions, NetworkArgs};
 use crate::error::{Forbidden, StoreError};
 use crate::fs::{FsConfig, SecretFs};
 use crate::fuse::{FuseAdapter, KernelInvalidator};
+use crate::handoff::{self, relay::Relay};
 use crate::metrics;
 use crate::notify;
 use crate::refresh;
@@ -56,6 +57,8 @@ pub enum RunError {
     Mount { path: PathBuf, reason: String },
     #[error("emulator: {0}")]
     Emulator(String),
+    #[error("cannot take the mount over: {0}")]
+    Takeover(String),
 }
 
 /// Everything a mount needs, whichever command built it.
@@ -178,21 +181,14 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             request_timeout: o.request_timeout,
         },
     );
-    // The mountpoint first: it is checked locally, the startup check costs requests.
-    crate::mountpoint::prepare(&plan.mountpoint).map_err(|e| RunError::Mount {
-        path: plan.mountpoint.clone(),
-        reason: e.to_string(),
-    })?;
-    if let Some(addr) = o.metrics_addr {
-        runtime
-            .block_on(metrics::serve(metrics::ServerConfig {
-                addr,
-                mountpoint: plan.mountpoint.clone(),
-                // Refresh asks Key Vault at least once per period while secrets are in use, and
-                // a failing request reports within the request timeout.
-                ready_window: 2 * refresh::period_for(o.cache_ttl).max(o.request_timeout),
-            }))
-            .map_err(|e| RunError::Setup(e.to_string()))?;
+    // A live kvfs on this mountpoint is taken over, not refused: its socket is asked once
+    // this kvfs is ready to serve, so that its readers wait as briefly as possible.
+    let control = control_socket(&plan);
+    let may_take_over = control.as_deref().is_some_and(Path::exists);
+    if !may_take_over {
+        // The mountpoint first: it is checked locally, the startup check costs requests.
+        prepare_mountpoint(&plan)?;
+        start_metrics(runtime, &plan)?;
     }
     let access = AccessRules::new(&o.owner, &o.include, &o.exclude).map_err(RunError::Setup)?;
     let audit = o
@@ -206,14 +202,17 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             .block_on(startup_check(&plan, credential.as_ref(), &cache))
             .map_err(RunError::Startup)?;
     }
+    // SAFETY: geteuid/getegid cannot fail and touch no memory.
+    let uid = o.uid.unwrap_or_else(|| unsafe { libc::geteuid() });
+    // SAFETY: as above.
+    let gid = o.gid.unwrap_or_else(|| unsafe { libc::getegid() });
+    let settings = settings(&plan, uid, gid, audit.is_some() || o.allow_root);
     let fs = SecretFs::new(
         cache,
         runtime.handle().clone(),
         FsConfig {
-            // SAFETY: geteuid/getegid cannot fail and touch no memory.
-            uid: o.uid.unwrap_or_else(|| unsafe { libc::geteuid() }),
-            // SAFETY: as above.
-            gid: o.gid.unwrap_or_else(|| unsafe { libc::getegid() }),
+            uid,
+            gid,
             file_mode: o.file_mode,
             dir_mode: o.dir_mode,
             rotation: o.rotation,
@@ -226,12 +225,10 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         },
     )
     .with_access(access);
+    let fsname = format!("kvfs:{}", plan.vault_url.host_str().unwrap_or("vault"));
     let mut config = FuseConfig::default();
     config.mount_options = vec![
-        MountOption::FSName(format!(
-            "kvfs:{}",
-            plan.vault_url.host_str().unwrap_or("vault")
-        )),
+        MountOption::FSName(fsname.clone()),
         MountOption::RO,
         MountOption::DefaultPermissions,
         MountOption::NoDev,
@@ -253,12 +250,88 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     let adapter = FuseAdapter::new(fs.clone())
         .with_audit(audit)
         .with_every_open(o.allow_root);
-    let session = fuser::Session::new(adapter, &plan.mountpoint, &config).map_err(mount_error)?;
+    let takeover = match (&control, may_take_over) {
+        (Some(path), true) => {
+            // The serving kvfs drains for up to its request timeout before it answers.
+            let wait = 2 * o.request_timeout + Duration::from_secs(10);
+            let takeover = handoff::take_over(path, settings.clone(), wait)
+                .map_err(|e| RunError::Takeover(e.to_string()))?;
+            if takeover.is_none() {
+                // A socket left by a kvfs that is gone: mount as usual.
+                prepare_mountpoint(&plan)?;
+                start_metrics(runtime, &plan)?;
+            }
+            takeover
+        }
+        _ => None,
+    };
+    let threads = usize::from(o.threads);
+    let (session, relay, predecessor) = match takeover {
+        Some(takeover) => {
+            let handoff::Takeover { offer, device, .. } = &takeover;
+            tracing::info!(
+                predecessor = offer.pid,
+                nodes = offer.fs.nodes.len(),
+                handles = offer.fs.handles.len(),
+                drain_us = offer.drain_micros,
+                "taking the mount over"
+            );
+            let device = device.try_clone().map_err(mount_error)?;
+            let init = offer.init.clone();
+            let predecessor = offer.pid;
+            let mut takeover = takeover;
+            fs.restore(std::mem::take(&mut takeover.offer.fs))
+                .map_err(|e| RunError::Takeover(e.to_string()))?;
+            // Paused: this kvfs reads the device only once the predecessor has stopped.
+            let (relay, theirs) = Relay::start(device, Some(init), threads, true)
+                .map_err(|e| RunError::Takeover(e.to_string()))?;
+            let session = fuser::Session::from_fd(adapter, theirs, config.acl, config.clone())
+                .map_err(|e| RunError::Takeover(e.to_string()))?;
+            (session, Some(relay), Some((takeover, predecessor)))
+        }
+        None => match handoff::mount_device(
+            &plan.mountpoint,
+            &fsname,
+            config.acl != SessionACL::Owner,
+        )
+        .map_err(mount_error)?
+        {
+            Some(device) => {
+                let (relay, theirs) =
+                    Relay::start(device, None, threads, false).map_err(mount_error)?;
+                let session = fuser::Session::from_fd(adapter, theirs, config.acl, config.clone())
+                    .inspect_err(|_| {
+                        let _ = detach(&plan.mountpoint);
+                    })
+                    .map_err(mount_error)?;
+                (session, Some(relay), None)
+            }
+            // Not root: fusermount3 mounts, and fuser reads the device it returns. Such a
+            // mount cannot be handed over.
+            None => (
+                fuser::Session::new(adapter, &plan.mountpoint, &config).map_err(mount_error)?,
+                None,
+                None,
+            ),
+        },
+    };
+    let relay = relay.map(Arc::new);
     fs.set_invalidator(Box::new(KernelInvalidator(session.notifier())));
     // fuser's `Mount`, when dropped, unmounts the mountpoint by path while its connection is
     // alive. After the lazy detach below, that path may already hold a new kvfs's mount, so
     // the session is never dropped: the process exits instead, which closes /dev/fuse.
     let session = ManuallyDrop::new(session.spawn().map_err(mount_error)?);
+    if let Some((takeover, predecessor)) = predecessor {
+        takeover
+            .confirm()
+            .map_err(|e| RunError::Takeover(format!("the serving kvfs did not let go: {e}")))?;
+        if let Some(relay) = &relay {
+            relay.resume();
+        }
+        tracing::info!(predecessor, "took the mount over; serving");
+        wait_for_exit(predecessor, Duration::from_secs(5));
+        start_metrics(runtime, &plan)?;
+    }
     let _pid_file = crate::mountpoint::PidFile::write(&plan.mountpoint);
     metrics::set_mounted(true);
     let mut signals = {
@@ -266,8 +339,9 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         Signals::new()
     };
     let period = refresh::period_for(o.cache_ttl);
+    let refreshed = fs.clone();
     let refresher = runtime.spawn(refresh::supervise("refresh", move || {
-        refresh::run(fs.clone(), period)
+        refresh::run(refreshed.clone(), period)
     }));
     let token_keeper = runtime.spawn(refresh::keep_token_warm(credential, o.request_timeout));
     runtime.spawn(crate::logs::follow_signals());
@@ -281,6 +355,26 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         let _ = detach(&plan.mountpoint);
         mount_error(e)
     })?;
+    let handed_over = match (&relay, &control) {
+        (Some(relay), Some(path)) => handoff::offer_on(
+            path,
+            settings,
+            fs.clone(),
+            relay.clone(),
+            o.request_timeout + Duration::from_secs(2),
+        )
+        .inspect_err(|e| {
+            tracing::warn!(socket = %path.display(), error = %e, "no control socket: upgrades will restart the mount");
+        })
+        .ok(),
+        _ => None,
+    };
+    let handed_over = async {
+        match handed_over {
+            Some(rx) => rx.await.ok(),
+            None => std::future::pending().await,
+        }
+    };
     crate::sandbox::after_mount(
         o.no_sandbox,
         plan.auth.resolved_mode() == AuthMode::AzureCli,
@@ -295,6 +389,11 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         tokio::select! {
             () = signals.recv() => false,
             () = session_ended() => true,
+            Some(done) = handed_over => {
+                tracing::info!(successor = done.successor, drain = ?done.drain, "the new kvfs serves the mount; exiting");
+                // No unmount, no destructor: the successor holds the connection.
+                std::process::exit(0);
+            }
         }
     });
     readiness.stopping();
@@ -323,6 +422,76 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     token_keeper.abort();
     tracing::info!(?grace, "mount detached; exiting: {outcome}");
     Ok(())
+}
+
+fn prepare_mountpoint(plan: &Plan) -> Result<(), RunError> {
+    crate::mountpoint::prepare(&plan.mountpoint).map_err(|e| RunError::Mount {
+        path: plan.mountpoint.clone(),
+        reason: e.to_string(),
+    })
+}
+
+fn start_metrics(runtime: &tokio::runtime::Runtime, plan: &Plan) -> Result<(), RunError> {
+    let o = &plan.options;
+    let Some(addr) = o.metrics_addr else {
+        return Ok(());
+    };
+    runtime
+        .block_on(metrics::serve(metrics::ServerConfig {
+            addr,
+            mountpoint: plan.mountpoint.clone(),
+            // Refresh asks Key Vault at least once per period while secrets are in use, and
+            // a failing request reports within the request timeout.
+            ready_window: 2 * refresh::period_for(o.cache_ttl).max(o.request_timeout),
+        }))
+        .map(drop)
+        .map_err(|e| RunError::Setup(e.to_string()))
+}
+
+/// The control socket of this mount: `--control-socket`, else one per mountpoint under
+/// /run/kvfs. Only root mounts can be handed over (the mount is made with the device kvfs
+/// holds).
+fn control_socket(plan: &Plan) -> Option<PathBuf> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    plan.options
+        .control_socket
+        .clone()
+        .or_else(|| handoff::default_socket(&plan.mountpoint))
+}
+
+/// What a successor must share with this kvfs to take its connection over.
+fn settings(plan: &Plan, uid: u32, gid: u32, every_open: bool) -> handoff::control::Settings {
+    let o = &plan.options;
+    let access = match (o.allow_other, o.allow_root) {
+        (true, _) => "all",
+        (false, true) => "root-and-owner",
+        (false, false) => "owner",
+    };
+    handoff::control::Settings {
+        vault: plan.vault_url.to_string(),
+        rotation: clap::ValueEnum::to_possible_value(&o.rotation)
+            .map_or_else(|| format!("{:?}", o.rotation), |v| v.get_name().to_owned()),
+        access: access.to_owned(),
+        every_open,
+        uid,
+        gid,
+        file_mode: o.file_mode,
+        dir_mode: o.dir_mode,
+        owner_rules: o.owner.iter().map(|r| format!("{r:?}")).collect(),
+        include: o.include.clone(),
+        exclude: o.exclude.clone(),
+    }
+}
+
+/// Waits (bounded) until the process `pid` is gone, so that what it held (the metrics port,
+/// the control socket's path) is free.
+fn wait_for_exit(pid: u32, limit: Duration) {
+    let started = std::time::Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// SIGTERM and SIGINT, registered once so that a second signal is not lost.

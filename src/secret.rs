@@ -12,7 +12,8 @@ use zeroize::Zeroizing;
 
 /// A name Key Vault can hold: `^[0-9A-Za-z-]{1,127}$`. Anything else cannot exist in a vault,
 /// so it is answered without a request.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct SecretName(String);
 
 impl SecretName {
@@ -33,6 +34,20 @@ impl SecretName {
     /// Key Vault compares names case-insensitively: this is the key every map uses.
     pub fn key(&self) -> String {
         self.0.to_ascii_lowercase()
+    }
+}
+
+impl TryFrom<String> for SecretName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        Self::parse(&name).ok_or_else(|| format!("{name:?} is not a Key Vault secret name"))
+    }
+}
+
+impl From<SecretName> for String {
+    fn from(name: SecretName) -> String {
+        name.0
     }
 }
 
@@ -83,7 +98,7 @@ impl fmt::Debug for SecretValue {
 
 /// What Key Vault says about a secret version without its value (a list item or a GET's
 /// metadata). Times are `None` when the service did not send them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SecretProperties {
     pub name: SecretName,
     /// 32 lowercase hex characters; `None` in list items, which name no version.
