@@ -250,6 +250,12 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     let adapter = FuseAdapter::new(fs.clone())
         .with_audit(audit)
         .with_every_open(o.allow_root);
+    // Before the mount or the takeover: from then on a SIGTERM must unmount or hand back,
+    // never kill kvfs with the connection in its hands.
+    let mut signals = {
+        let _runtime = runtime.enter();
+        Signals::new()
+    };
     let takeover = match (&control, may_take_over) {
         (Some(path), true) => {
             // The serving kvfs drains for up to its request timeout before it answers.
@@ -334,10 +340,6 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     }
     let _pid_file = crate::mountpoint::PidFile::write(&plan.mountpoint);
     metrics::set_mounted(true);
-    let mut signals = {
-        let _runtime = runtime.enter();
-        Signals::new()
-    };
     let period = refresh::period_for(o.cache_ttl);
     let refreshed = fs.clone();
     let refresher = runtime.spawn(refresh::supervise("refresh", move || {
