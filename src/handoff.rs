@@ -204,9 +204,10 @@ fn hand_over(
     }
 }
 
-/// A predecessor's offer, accepted and not yet confirmed.
+/// A predecessor's offer, accepted and not yet confirmed: from its control socket, or left in
+/// systemd's file descriptor store (nothing to confirm then: the predecessor is gone).
 pub struct Takeover {
-    stream: UnixStream,
+    stream: Option<UnixStream>,
     pub offer: Offer,
     pub device: OwnedFd,
 }
@@ -263,7 +264,7 @@ pub fn take_over(
         Answer::Offer(offer) => {
             let device = control::receive_fd(&stream).map_err(failed)?;
             Ok(Some(Takeover {
-                stream,
+                stream: Some(stream),
                 offer: *offer,
                 device,
             }))
@@ -274,11 +275,125 @@ pub fn take_over(
 impl Takeover {
     /// Says this kvfs is ready to serve and waits for the predecessor to stop for good. Only
     /// then may this kvfs read the device.
-    pub fn confirm(mut self) -> io::Result<()> {
-        control::send(&mut self.stream, &Step::Ready)?;
-        match control::receive::<Step>(&mut self.stream)? {
+    pub fn confirm(self) -> io::Result<()> {
+        let Some(mut stream) = self.stream else {
+            return Ok(());
+        };
+        control::send(&mut stream, &Step::Ready)?;
+        match control::receive::<Step>(&mut stream)? {
             Step::Go => Ok(()),
             Step::Ready => Err(io::Error::other("the serving kvfs answered Ready")),
         }
     }
+}
+
+/// The names kvfs gives its descriptors in systemd's file descriptor store.
+const STORED_DEVICE: &str = "kvfs-fuse";
+const STORED_STATE: &str = "kvfs-state";
+
+/// Whether systemd keeps descriptors for this service across a restart: it sets `FDSTORE` to
+/// `FileDescriptorStoreMax=` (systemd 254 and later) beside `NOTIFY_SOCKET`.
+pub fn fd_store_enabled() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+        && std::env::var("FDSTORE")
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n >= 2)
+}
+
+/// Puts the FUSE device in systemd's store, so that the connection outlives this process on
+/// `systemctl restart`.
+pub fn store_device(relay: &Relay) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    sd_notify::notify_with_fds(
+        &[
+            sd_notify::NotifyState::FdStore,
+            sd_notify::NotifyState::FdName(STORED_DEVICE),
+        ],
+        &[relay.device().as_fd()],
+    )
+}
+
+/// On SIGTERM under a fd store: drains, writes the offer a successor needs to a memfd and
+/// stores it beside the device. Afterwards the caller exits without unmounting; the next
+/// instance finds both in `LISTEN_FDS`. On error the relay takes requests again.
+pub fn store_state(fs: &SecretFs, relay: &Relay, drain_limit: Duration) -> io::Result<Duration> {
+    use std::os::fd::AsFd;
+    let drain = relay.pause(drain_limit).map_err(io::Error::other)?;
+    let stored = (|| {
+        let offer = Offer {
+            format: control::FORMAT,
+            init: relay.init(),
+            fs: fs.snapshot(),
+            pid: std::process::id(),
+            drain_micros: u64::try_from(drain.as_micros()).unwrap_or(u64::MAX),
+        };
+        let memfd = nix::sys::memfd::memfd_create(
+            c"kvfs-state",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )?;
+        let mut file = std::fs::File::from(memfd);
+        serde_json::to_writer(&mut file, &offer).map_err(io::Error::other)?;
+        sd_notify::notify_with_fds(
+            &[
+                sd_notify::NotifyState::FdStore,
+                sd_notify::NotifyState::FdName(STORED_STATE),
+            ],
+            &[file.as_fd()],
+        )
+    })();
+    match stored {
+        Ok(()) => Ok(drain),
+        Err(e) => {
+            relay.resume();
+            Err(e)
+        }
+    }
+}
+
+/// The device and the offer a predecessor left in systemd's store (`LISTEN_FDS`, named by
+/// `LISTEN_FDNAMES`), if it left both; the state is then dropped from the store.
+pub fn from_store() -> io::Result<Option<Takeover>> {
+    use std::io::{Read, Seek};
+    use std::os::fd::FromRawFd;
+    let Ok(fds) = sd_notify::listen_fds_with_names() else {
+        return Ok(None);
+    };
+    let (mut device, mut state) = (None, None);
+    for (fd, name) in fds {
+        // SAFETY: systemd passed these descriptors to this process alone (LISTEN_PID).
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        match name.as_str() {
+            STORED_DEVICE => device = Some(owned),
+            STORED_STATE => state = Some(owned),
+            _ => {}
+        }
+    }
+    let (Some(device), Some(state)) = (device, state) else {
+        // The device alone (a crash, or a stop that left no state): its requests were never
+        // drained, so this kvfs mounts afresh (the stale-mount cleanup removes the old one).
+        return Ok(None);
+    };
+    let mut file = std::fs::File::from(state);
+    file.rewind()?;
+    let mut body = Vec::new();
+    file.read_to_end(&mut body)?;
+    let offer: Offer =
+        serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if offer.format > control::FORMAT {
+        return Err(io::Error::other(format!(
+            "the stored state has format {}, this kvfs reads up to {}",
+            offer.format,
+            control::FORMAT
+        )));
+    }
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::FdStoreRemove,
+        sd_notify::NotifyState::FdName(STORED_STATE),
+    ]);
+    Ok(Some(Takeover {
+        stream: None,
+        offer,
+        device,
+    }))
 }

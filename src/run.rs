@@ -184,7 +184,10 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     // A live kvfs on this mountpoint is taken over, not refused: its socket is asked once
     // this kvfs is ready to serve, so that its readers wait as briefly as possible.
     let control = control_socket(&plan);
-    let may_take_over = control.as_deref().is_some_and(Path::exists);
+    // Under systemd, `systemctl restart` leaves the connection in the service's fd store.
+    let stored = handoff::from_store()
+        .map_err(|e| RunError::Takeover(format!("the state in systemd's fd store: {e}")))?;
+    let may_take_over = stored.is_some() || control.as_deref().is_some_and(Path::exists);
     if !may_take_over {
         // The mountpoint first: it is checked locally, the startup check costs requests.
         prepare_mountpoint(&plan)?;
@@ -257,6 +260,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         Signals::new()
     };
     let takeover = match (&control, may_take_over) {
+        _ if stored.is_some() => stored,
         (Some(path), true) => {
             // The serving kvfs drains for up to its request timeout before it answers.
             let wait = 2 * o.request_timeout + Duration::from_secs(10);
@@ -338,6 +342,13 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         wait_for_exit(predecessor, Duration::from_secs(5));
         start_metrics(runtime, &plan)?;
     }
+    let fd_store = handoff::fd_store_enabled() && relay.is_some();
+    if let Some(relay) = relay.as_deref().filter(|_| fd_store) {
+        match handoff::store_device(relay) {
+            Ok(()) => tracing::info!("FUSE connection in systemd's fd store: a restart keeps it"),
+            Err(e) => tracing::warn!(error = %e, "cannot store the FUSE connection with systemd"),
+        }
+    }
     let _pid_file = crate::mountpoint::PidFile::write(&plan.mountpoint);
     metrics::set_mounted(true);
     let period = refresh::period_for(o.cache_ttl);
@@ -398,6 +409,20 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             }
         }
     });
+    if !unmounted_outside
+        && fd_store
+        && let Some(relay) = &relay
+    {
+        // Under systemd with a fd store a SIGTERM may be a restart: leave the connection
+        // and the state with systemd. A plain stop unmounts in the unit's ExecStopPost.
+        match handoff::store_state(&fs, relay, o.request_timeout + Duration::from_secs(2)) {
+            Ok(drain) => {
+                tracing::info!(?drain, "state in systemd's fd store; exiting without unmounting");
+                std::process::exit(0);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot leave the state with systemd; unmounting"),
+        }
+    }
     readiness.stopping();
     refresher.abort();
     metrics::set_mounted(false);

@@ -100,3 +100,260 @@ fn a_successor_with_other_kernel_settings_is_refused_and_the_old_kvfs_keeps_serv
     assert_eq!(first.read("db-password").expect("read"), b"v1");
     assert!(started.elapsed() < Duration::from_secs(1));
 }
+
+/// What one consumer saw.
+#[derive(Default, Debug)]
+struct Seen {
+    ops: u64,
+    errors: Vec<String>,
+    slowest: Duration,
+}
+
+impl Seen {
+    fn time<T>(&mut self, what: &str, f: impl FnOnce() -> Result<T, String>) -> Option<T> {
+        let started = Instant::now();
+        let out = f();
+        self.slowest = self.slowest.max(started.elapsed());
+        self.ops += 1;
+        match out {
+            Ok(v) => Some(v),
+            Err(e) => {
+                if self.errors.len() < 20 {
+                    self.errors.push(format!("{what}: {e}"));
+                } else {
+                    self.errors.push(String::new());
+                }
+                None
+            }
+        }
+    }
+}
+
+const SECRETS: usize = 24;
+
+fn secret_name(i: usize) -> String {
+    format!("s-{i:02}")
+}
+
+/// The value of version `v` of secret `i`: the name and version are in it, so a reader can
+/// tell a wrong secret or a torn value from a legitimate rotation.
+fn value_of(i: usize, v: usize) -> String {
+    format!("{}:v{v}:{}", secret_name(i), "x".repeat(40 + i))
+}
+
+fn well_formed(i: usize, bytes: &[u8]) -> bool {
+    let s = String::from_utf8_lossy(bytes);
+    let mut parts = s.split(':');
+    parts.next() == Some(secret_name(i).as_str())
+        && parts
+            .next()
+            .is_some_and(|v| v.starts_with('v') && v[1..].parse::<usize>().is_ok())
+        && parts.next() == Some("x".repeat(40 + i).as_str())
+        && parts.next().is_none()
+}
+
+/// The number of requests waiting in the kernel for the connection behind `path`.
+fn waiting(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    // SAFETY: minor() is a pure computation on the device number.
+    let minor = unsafe { libc::minor(dev) };
+    let file = format!("/sys/fs/fuse/connections/{minor}/waiting");
+    if !Path::new("/sys/fs/fuse/connections/").join(minor.to_string()).exists() {
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "fusectl", "fusectl", "/sys/fs/fuse/connections"])
+            .status();
+    }
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// Runs the consumers until `stop`, returning what each saw.
+fn consumers(
+    mnt: &Path,
+    stop: &std::sync::atomic::AtomicBool,
+    versions_of_s02: &[String],
+) -> Vec<(&'static str, Seen)> {
+    use std::sync::atomic::Ordering::Relaxed;
+    std::thread::scope(|scope| {
+        let holder = scope.spawn(|| {
+            let mut seen = Seen::default();
+            let file = std::fs::File::open(mnt.join(secret_name(0))).expect("open held");
+            let expected = value_of(0, 1);
+            while !stop.load(Relaxed) {
+                seen.time("held pread", || {
+                    let mut buf = vec![0u8; 4096];
+                    let n = std::os::unix::fs::FileExt::read_at(&file, &mut buf, 0)
+                        .map_err(|e| e.to_string())?;
+                    if buf[..n] != *expected.as_bytes() {
+                        return Err(format!("held descriptor read {n} other bytes"));
+                    }
+                    Ok(())
+                });
+            }
+            seen
+        });
+        let opener = scope.spawn(|| {
+            let mut seen = Seen::default();
+            let mut i = 0;
+            while !stop.load(Relaxed) {
+                let k = i % SECRETS;
+                seen.time("open/read/close", || {
+                    let bytes = std::fs::read(mnt.join(secret_name(k))).map_err(|e| e.to_string())?;
+                    if !well_formed(k, &bytes) {
+                        return Err(format!("{} read {} wrong bytes", secret_name(k), bytes.len()));
+                    }
+                    Ok(())
+                });
+                i += 1;
+            }
+            seen
+        });
+        let lister = scope.spawn(|| {
+            let mut seen = Seen::default();
+            let mut i = 0;
+            while !stop.load(Relaxed) {
+                seen.time("ls", || {
+                    let n = std::fs::read_dir(mnt).map_err(|e| e.to_string())?.count();
+                    if n != SECRETS + 1 {
+                        return Err(format!("ls listed {n} entries"));
+                    }
+                    Ok(())
+                });
+                let k = i % SECRETS;
+                seen.time("stat", || {
+                    let m = std::fs::metadata(mnt.join(secret_name(k))).map_err(|e| e.to_string())?;
+                    if !m.is_file() {
+                        return Err("not a file".into());
+                    }
+                    Ok(())
+                });
+                i += 1;
+            }
+            seen
+        });
+        let versions = scope.spawn(|| {
+            let mut seen = Seen::default();
+            let mut i = 0;
+            while !stop.load(Relaxed) {
+                let v = &versions_of_s02[i % versions_of_s02.len()];
+                let expected = value_of(2, i % versions_of_s02.len() + 1);
+                seen.time(".versions", || {
+                    let bytes = std::fs::read(mnt.join(".versions").join(secret_name(2)).join(v))
+                        .map_err(|e| e.to_string())?;
+                    if bytes != expected.as_bytes() {
+                        return Err("a version read other bytes".into());
+                    }
+                    Ok(())
+                });
+                i += 1;
+            }
+            seen
+        });
+        vec![
+            ("holder (one open file, pread loop)", holder.join().expect("holder")),
+            ("open/read/close over 24 secrets", opener.join().expect("opener")),
+            ("ls and stat", lister.join().expect("lister")),
+            (".versions reads", versions.join().expect("versions")),
+        ]
+    })
+}
+
+#[test]
+fn thirty_takeovers_under_load_and_no_consumer_notices() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    const TAKEOVERS: usize = 30;
+    let env = TestEnv::start();
+    for i in 0..SECRETS {
+        env.vault().set_secret(&secret_name(i), &value_of(i, 1));
+    }
+    let versions_of_s02: Vec<String> = (1..=3)
+        .map(|v| {
+            env.vault().set_secret(&secret_name(2), &value_of(2, v))
+        })
+        .collect();
+    let mut current = env.mount(&["--cache-ttl", "2s"]);
+    let mnt = current.path.clone();
+    // A process whose working directory is inside the mount, reading by relative path.
+    let cwd_log = mnt.with_extension("cwd.log");
+    let mut cwd_reader = std::process::Command::new("sh")
+        .current_dir(&mnt)
+        .args([
+            "-c",
+            "while :; do cat s-01 > /dev/null || echo ERR; done",
+        ])
+        .stdout(std::fs::File::create(&cwd_log).expect("log"))
+        .spawn()
+        .expect("cwd reader");
+    let stop = AtomicBool::new(false);
+    let mut drains = Vec::new();
+    let mut takeover_times = Vec::new();
+    let seen = std::thread::scope(|scope| {
+        let load = scope.spawn(|| consumers(&mnt, &stop, &versions_of_s02));
+        for n in 0..TAKEOVERS {
+            std::thread::sleep(Duration::from_millis(150));
+            // Rotations at the vault between takeovers: the refresh runs on both sides.
+            env.vault().set_secret(&secret_name(3 + n % 5), &value_of(3 + n % 5, n + 2));
+            let started = Instant::now();
+            let (child, log) = successor(&env, &current, &["--cache-ttl", "2s"], &format!("gen{n}.log"));
+            let status = exit_of(&mut current);
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(status.success(), "takeover {n}: old kvfs {status}; new kvfs said:\n{said}");
+            takeover_times.push(started.elapsed());
+            if let Some(us) = said
+                .split("drain_us=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                drains.push(Duration::from_micros(us));
+            }
+            current = Mount {
+                path: mnt.clone(),
+                log_path: log,
+                child: Some(child),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Relaxed);
+        load.join().expect("consumers")
+    });
+    let _ = cwd_reader.kill();
+    let _ = cwd_reader.wait();
+    let cwd_errors = std::fs::read_to_string(&cwd_log).unwrap_or_default().matches("ERR").count();
+
+    let mut total_ops = 0;
+    let mut slowest = Duration::ZERO;
+    for (name, s) in &seen {
+        println!(
+            "HANDOFF consumer {name}: {} operations, {} errors, slowest {:?}",
+            s.ops,
+            s.errors.len(),
+            s.slowest
+        );
+        total_ops += s.ops;
+        slowest = slowest.max(s.slowest);
+    }
+    drains.sort();
+    takeover_times.sort();
+    println!(
+        "HANDOFF {TAKEOVERS} takeovers, {total_ops} consumer operations, slowest {slowest:?}; \
+         drain median {:?} max {:?}; takeover (start of the new kvfs to exit of the old) median {:?} max {:?}; \
+         cwd reader errors {cwd_errors}",
+        drains.get(drains.len() / 2),
+        drains.last(),
+        takeover_times[takeover_times.len() / 2],
+        takeover_times.last().expect("takeovers"),
+    );
+    for (name, s) in &seen {
+        assert!(s.errors.is_empty(), "{name}: {:?}", s.errors);
+        assert!(s.ops > 0, "{name} ran");
+    }
+    assert_eq!(cwd_errors, 0, "the process with its cwd inside saw errors");
+    assert!(slowest < Duration::from_secs(1), "slowest operation {slowest:?}");
+    assert_eq!(drains.len(), TAKEOVERS, "every takeover reported its drain");
+    assert_eq!(mounts_at(&mnt), 1, "exactly one mount");
+    assert_eq!(waiting(&mnt), Some(0), "no request left waiting in the kernel");
+    let status = current.terminate();
+    assert!(status.success(), "{status}");
+    assert!(!common::is_mounted(&mnt), "a clean unmount at the end");
+}
