@@ -267,8 +267,25 @@ pub struct MountOptions {
     /// Control socket for live upgrades: a kvfs started on a mountpoint that a live kvfs serves
     /// takes the connection over through it, and the old one exits (default:
     /// /run/kvfs/control/<mountpoint>.sock; root only).
-    #[arg(long, value_name = "PATH", env = "KVFS_CONTROL_SOCKET", help_heading = "Mount")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "KVFS_CONTROL_SOCKET",
+        help_heading = "Mount"
+    )]
     pub control_socket: Option<PathBuf>,
+
+    /// Under systemd, keep the FUSE connection in the service's file descriptor store, so that
+    /// `systemctl restart` hands it to the next kvfs (needs `FileDescriptorStoreMax=` in the
+    /// unit; on by itself where systemd sets FDSTORE, from systemd 254).
+    #[arg(long, env = "KVFS_SYSTEMD_FD_STORE", help_heading = "Mount")]
+    pub systemd_fd_store: bool,
+
+    /// After handing the mount to a new kvfs, keep running (serving nothing) until SIGTERM,
+    /// then exit 0 without unmounting: for Kubernetes, where a container that exits is started
+    /// again, and the old pod's end is its deletion.
+    #[arg(long, env = "KVFS_LINGER_AFTER_HANDOFF", help_heading = "Mount")]
+    pub linger_after_handoff: bool,
 
     /// Refuse to run when memory cannot be locked (kvfs locks under an unlimited RLIMIT_MEMLOCK,
     /// which it raises itself with CAP_SYS_RESOURCE); without it kvfs warns once and runs with

@@ -73,6 +73,16 @@ pub fn default_socket(mountpoint: &Path) -> Option<PathBuf> {
     crate::mountpoint::runtime_path(mountpoint, "control", "sock")
 }
 
+/// Set once this kvfs shuts down: its (detached) connection is no longer offered.
+static WITHDRAWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Stops offering this kvfs's connection, at shutdown: the mount is being detached, and a kvfs
+/// started on the mountpoint now must mount afresh, not take over what is going away.
+pub fn withdraw(path: &Path) {
+    WITHDRAWN.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = std::fs::remove_file(path);
+}
+
 /// A successor, as the predecessor's control thread reports it.
 #[derive(Debug)]
 pub struct HandedOver {
@@ -151,7 +161,9 @@ fn hand_over(
     control::limit(&stream, Duration::from_secs(10))?;
     let uid = control::peer_uid(&stream)?;
     if uid != nix::unistd::geteuid().as_raw() && uid != 0 {
-        return Err(io::Error::other(format!("peer uid {uid} may not take over")));
+        return Err(io::Error::other(format!(
+            "peer uid {uid} may not take over"
+        )));
     }
     let hello: Hello = control::receive(&mut stream)?;
     let refuse = |stream: &mut UnixStream, why: String| {
@@ -167,6 +179,9 @@ fn hand_over(
                 hello.format
             ),
         ));
+    }
+    if WITHDRAWN.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(refuse(&mut stream, "this kvfs is shutting down".to_owned()));
     }
     if let Some(difference) = settings.difference(&hello.settings) {
         return Err(refuse(&mut stream, difference));
@@ -291,14 +306,16 @@ impl Takeover {
 const STORED_DEVICE: &str = "kvfs-fuse";
 const STORED_STATE: &str = "kvfs-state";
 
-/// Whether systemd keeps descriptors for this service across a restart: it sets `FDSTORE` to
-/// `FileDescriptorStoreMax=` (systemd 254 and later) beside `NOTIFY_SOCKET`.
-pub fn fd_store_enabled() -> bool {
+/// Whether systemd keeps descriptors for this service across a restart: asked for with
+/// `--systemd-fd-store`, or told by systemd (254 and later), which sets `FDSTORE` to
+/// `FileDescriptorStoreMax=` beside `NOTIFY_SOCKET`.
+pub fn fd_store_enabled(asked: bool) -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some()
-        && std::env::var("FDSTORE")
-            .ok()
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_some_and(|n| n >= 2)
+        && (asked
+            || std::env::var("FDSTORE")
+                .ok()
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n >= 2))
 }
 
 /// Puts the FUSE device in systemd's store, so that the connection outlives this process on
@@ -328,10 +345,8 @@ pub fn store_state(fs: &SecretFs, relay: &Relay, drain_limit: Duration) -> io::R
             pid: std::process::id(),
             drain_micros: u64::try_from(drain.as_micros()).unwrap_or(u64::MAX),
         };
-        let memfd = nix::sys::memfd::memfd_create(
-            c"kvfs-state",
-            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
-        )?;
+        let memfd =
+            nix::sys::memfd::memfd_create(c"kvfs-state", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
         let mut file = std::fs::File::from(memfd);
         serde_json::to_writer(&mut file, &offer).map_err(io::Error::other)?;
         sd_notify::notify_with_fds(

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 pub enum MountpointError {
     #[error("no such directory (create it first)")]
     Missing,
-    #[error("already served by kvfs (pid {0}); stop it first (SIGTERM), or mount elsewhere")]
+    #[error(
+        "already served by kvfs (pid {0}), and no control socket of it answers here; to take it over live, \
+         pass the --control-socket it was started with; else stop it first (SIGTERM), or mount elsewhere"
+    )]
     ServedBy(u32),
     #[error("already a mount point ({device}, type {fstype}); unmount it first (umount {path})")]
     Mounted {

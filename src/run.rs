@@ -299,31 +299,30 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
                 .map_err(|e| RunError::Takeover(e.to_string()))?;
             (session, Some(relay), Some((takeover, predecessor)))
         }
-        None => match handoff::mount_device(
-            &plan.mountpoint,
-            &fsname,
-            config.acl != SessionACL::Owner,
-        )
-        .map_err(mount_error)?
-        {
-            Some(device) => {
-                let (relay, theirs) =
-                    Relay::start(device, None, threads, false).map_err(mount_error)?;
-                let session = fuser::Session::from_fd(adapter, theirs, config.acl, config.clone())
-                    .inspect_err(|_| {
-                        let _ = detach(&plan.mountpoint);
-                    })
-                    .map_err(mount_error)?;
-                (session, Some(relay), None)
+        None => {
+            match handoff::mount_device(&plan.mountpoint, &fsname, config.acl != SessionACL::Owner)
+                .map_err(mount_error)?
+            {
+                Some(device) => {
+                    let (relay, theirs) =
+                        Relay::start(device, None, threads, false).map_err(mount_error)?;
+                    let session =
+                        fuser::Session::from_fd(adapter, theirs, config.acl, config.clone())
+                            .inspect_err(|_| {
+                                let _ = detach(&plan.mountpoint);
+                            })
+                            .map_err(mount_error)?;
+                    (session, Some(relay), None)
+                }
+                // Not root: fusermount3 mounts, and fuser reads the device it returns. Such a
+                // mount cannot be handed over.
+                None => (
+                    fuser::Session::new(adapter, &plan.mountpoint, &config).map_err(mount_error)?,
+                    None,
+                    None,
+                ),
             }
-            // Not root: fusermount3 mounts, and fuser reads the device it returns. Such a
-            // mount cannot be handed over.
-            None => (
-                fuser::Session::new(adapter, &plan.mountpoint, &config).map_err(mount_error)?,
-                None,
-                None,
-            ),
-        },
+        }
     };
     let relay = relay.map(Arc::new);
     fs.set_invalidator(Box::new(KernelInvalidator(session.notifier())));
@@ -342,7 +341,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         wait_for_exit(predecessor, Duration::from_secs(5));
         start_metrics(runtime, &plan)?;
     }
-    let fd_store = handoff::fd_store_enabled() && relay.is_some();
+    let fd_store = handoff::fd_store_enabled(o.systemd_fd_store) && relay.is_some();
     if let Some(relay) = relay.as_deref().filter(|_| fd_store) {
         match handoff::store_device(relay) {
             Ok(()) => tracing::info!("FUSE connection in systemd's fd store: a restart keeps it"),
@@ -382,6 +381,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         .ok(),
         _ => None,
     };
+    let handed_over_offered = handed_over.is_some();
     let handed_over = async {
         match handed_over {
             Some(rx) => rx.await.ok(),
@@ -398,17 +398,39 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    let unmounted_outside = runtime.block_on(async {
+    enum Stop {
+        Signal,
+        UnmountedOutside,
+        HandedOver,
+    }
+    let stop = runtime.block_on(async {
         tokio::select! {
-            () = signals.recv() => false,
-            () = session_ended() => true,
+            () = signals.recv() => Stop::Signal,
+            () = session_ended() => Stop::UnmountedOutside,
             Some(done) = handed_over => {
-                tracing::info!(successor = done.successor, drain = ?done.drain, "the new kvfs serves the mount; exiting");
-                // No unmount, no destructor: the successor holds the connection.
-                std::process::exit(0);
+                tracing::info!(successor = done.successor, drain = ?done.drain, "the new kvfs serves the mount");
+                Stop::HandedOver
             }
         }
     });
+    if let (Stop::HandedOver, Some(relay)) = (&stop, &relay) {
+        refresher.abort();
+        token_keeper.abort();
+        if let Err(e) = relay.abandon() {
+            tracing::warn!(error = %e, "cannot let go of the FUSE device");
+        }
+        if o.linger_after_handoff {
+            tracing::info!("--linger-after-handoff: serving nothing until SIGTERM");
+            runtime.block_on(signals.recv());
+        }
+        // No unmount, no destructor: the successor holds the connection.
+        tracing::info!("exiting without unmounting");
+        std::process::exit(0);
+    }
+    let unmounted_outside = matches!(stop, Stop::UnmountedOutside);
+    if let Some(path) = control.as_deref().filter(|_| handed_over_offered) {
+        handoff::withdraw(path);
+    }
     if !unmounted_outside
         && fd_store
         && let Some(relay) = &relay
@@ -417,7 +439,10 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         // and the state with systemd. A plain stop unmounts in the unit's ExecStopPost.
         match handoff::store_state(&fs, relay, o.request_timeout + Duration::from_secs(2)) {
             Ok(drain) => {
-                tracing::info!(?drain, "state in systemd's fd store; exiting without unmounting");
+                tracing::info!(
+                    ?drain,
+                    "state in systemd's fd store; exiting without unmounting"
+                );
                 std::process::exit(0);
             }
             Err(e) => tracing::warn!(error = %e, "cannot leave the state with systemd; unmounting"),

@@ -24,7 +24,11 @@ fn successor(env: &TestEnv, mount: &Mount, extra: &[&str], log: &str) -> (Child,
 
 /// The FUSE mounts at `path`, from this process's mountinfo.
 fn mounts_at(path: &Path) -> usize {
-    let wanted = path.canonicalize().expect("canonical").display().to_string();
+    let wanted = path
+        .canonicalize()
+        .expect("canonical")
+        .display()
+        .to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
         .expect("mountinfo")
         .lines()
@@ -66,11 +70,16 @@ fn a_new_kvfs_takes_the_mount_over_and_readers_keep_reading() {
         log_path: log,
         child: Some(child),
     };
-    assert_eq!(mounts_at(&next.path), 1, "exactly one mount, nothing stacked");
+    assert_eq!(
+        mounts_at(&next.path),
+        1,
+        "exactly one mount, nothing stacked"
+    );
 
     held.seek(SeekFrom::Start(0)).expect("seek");
     buf.clear();
-    held.read_to_string(&mut buf).expect("the held file still reads");
+    held.read_to_string(&mut buf)
+        .expect("the held file still reads");
     assert_eq!(buf, "v1-bytes", "the held descriptor keeps its version");
     assert_eq!(next.read("api-key").expect("read"), b"key-1");
     assert_eq!(errno_of(next.read("no-such-secret")), libc::ENOENT);
@@ -159,7 +168,10 @@ fn waiting(path: &Path) -> Option<u64> {
     // SAFETY: minor() is a pure computation on the device number.
     let minor = unsafe { libc::minor(dev) };
     let file = format!("/sys/fs/fuse/connections/{minor}/waiting");
-    if !Path::new("/sys/fs/fuse/connections/").join(minor.to_string()).exists() {
+    if !Path::new("/sys/fs/fuse/connections/")
+        .join(minor.to_string())
+        .exists()
+    {
         let _ = std::process::Command::new("mount")
             .args(["-t", "fusectl", "fusectl", "/sys/fs/fuse/connections"])
             .status();
@@ -198,9 +210,14 @@ fn consumers(
             while !stop.load(Relaxed) {
                 let k = i % SECRETS;
                 seen.time("open/read/close", || {
-                    let bytes = std::fs::read(mnt.join(secret_name(k))).map_err(|e| e.to_string())?;
+                    let bytes =
+                        std::fs::read(mnt.join(secret_name(k))).map_err(|e| e.to_string())?;
                     if !well_formed(k, &bytes) {
-                        return Err(format!("{} read {} wrong bytes", secret_name(k), bytes.len()));
+                        return Err(format!(
+                            "{} read {} wrong bytes",
+                            secret_name(k),
+                            bytes.len()
+                        ));
                     }
                     Ok(())
                 });
@@ -221,7 +238,8 @@ fn consumers(
                 });
                 let k = i % SECRETS;
                 seen.time("stat", || {
-                    let m = std::fs::metadata(mnt.join(secret_name(k))).map_err(|e| e.to_string())?;
+                    let m =
+                        std::fs::metadata(mnt.join(secret_name(k))).map_err(|e| e.to_string())?;
                     if !m.is_file() {
                         return Err("not a file".into());
                     }
@@ -250,8 +268,14 @@ fn consumers(
             seen
         });
         vec![
-            ("holder (one open file, pread loop)", holder.join().expect("holder")),
-            ("open/read/close over 24 secrets", opener.join().expect("opener")),
+            (
+                "holder (one open file, pread loop)",
+                holder.join().expect("holder"),
+            ),
+            (
+                "open/read/close over 24 secrets",
+                opener.join().expect("opener"),
+            ),
             ("ls and stat", lister.join().expect("lister")),
             (".versions reads", versions.join().expect("versions")),
         ]
@@ -267,9 +291,7 @@ fn thirty_takeovers_under_load_and_no_consumer_notices() {
         env.vault().set_secret(&secret_name(i), &value_of(i, 1));
     }
     let versions_of_s02: Vec<String> = (1..=3)
-        .map(|v| {
-            env.vault().set_secret(&secret_name(2), &value_of(2, v))
-        })
+        .map(|v| env.vault().set_secret(&secret_name(2), &value_of(2, v)))
         .collect();
     let mut current = env.mount(&["--cache-ttl", "2s"]);
     let mnt = current.path.clone();
@@ -277,10 +299,7 @@ fn thirty_takeovers_under_load_and_no_consumer_notices() {
     let cwd_log = mnt.with_extension("cwd.log");
     let mut cwd_reader = std::process::Command::new("sh")
         .current_dir(&mnt)
-        .args([
-            "-c",
-            "while :; do cat s-01 > /dev/null || echo ERR; done",
-        ])
+        .args(["-c", "while :; do cat s-01 > /dev/null || echo ERR; done"])
         .stdout(std::fs::File::create(&cwd_log).expect("log"))
         .spawn()
         .expect("cwd reader");
@@ -292,12 +311,21 @@ fn thirty_takeovers_under_load_and_no_consumer_notices() {
         for n in 0..TAKEOVERS {
             std::thread::sleep(Duration::from_millis(150));
             // Rotations at the vault between takeovers: the refresh runs on both sides.
-            env.vault().set_secret(&secret_name(3 + n % 5), &value_of(3 + n % 5, n + 2));
+            env.vault()
+                .set_secret(&secret_name(3 + n % 5), &value_of(3 + n % 5, n + 2));
             let started = Instant::now();
-            let (child, log) = successor(&env, &current, &["--cache-ttl", "2s"], &format!("gen{n}.log"));
+            let (child, log) = successor(
+                &env,
+                &current,
+                &["--cache-ttl", "2s"],
+                &format!("gen{n}.log"),
+            );
             let status = exit_of(&mut current);
             let said = std::fs::read_to_string(&log).unwrap_or_default();
-            assert!(status.success(), "takeover {n}: old kvfs {status}; new kvfs said:\n{said}");
+            assert!(
+                status.success(),
+                "takeover {n}: old kvfs {status}; new kvfs said:\n{said}"
+            );
             takeover_times.push(started.elapsed());
             if let Some(us) = said
                 .split("drain_us=")
@@ -319,7 +347,10 @@ fn thirty_takeovers_under_load_and_no_consumer_notices() {
     });
     let _ = cwd_reader.kill();
     let _ = cwd_reader.wait();
-    let cwd_errors = std::fs::read_to_string(&cwd_log).unwrap_or_default().matches("ERR").count();
+    let cwd_errors = std::fs::read_to_string(&cwd_log)
+        .unwrap_or_default()
+        .matches("ERR")
+        .count();
 
     let mut total_ops = 0;
     let mut slowest = Duration::ZERO;
@@ -349,11 +380,214 @@ fn thirty_takeovers_under_load_and_no_consumer_notices() {
         assert!(s.ops > 0, "{name} ran");
     }
     assert_eq!(cwd_errors, 0, "the process with its cwd inside saw errors");
-    assert!(slowest < Duration::from_secs(1), "slowest operation {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest operation {slowest:?}"
+    );
     assert_eq!(drains.len(), TAKEOVERS, "every takeover reported its drain");
     assert_eq!(mounts_at(&mnt), 1, "exactly one mount");
-    assert_eq!(waiting(&mnt), Some(0), "no request left waiting in the kernel");
+    assert_eq!(
+        waiting(&mnt),
+        Some(0),
+        "no request left waiting in the kernel"
+    );
     let status = current.terminate();
     assert!(status.success(), "{status}");
     assert!(!common::is_mounted(&mnt), "a clean unmount at the end");
+}
+
+/// systemd's side of the notify protocol: messages, and the descriptors stored with FDSTORE=1.
+struct ServiceManager {
+    path: PathBuf,
+    socket: std::os::unix::net::UnixDatagram,
+}
+
+impl ServiceManager {
+    fn bind(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+        Self { path, socket }
+    }
+
+    /// Waits for a message containing `wanted`; returns it with the descriptors it carried.
+    fn wait_for(&self, wanted: &str, limit: Duration) -> (String, Vec<std::os::fd::OwnedFd>) {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            self.socket
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("timeout");
+            let mut buf = [0u8; 4096];
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let mut space = nix::cmsg_space!([RawFd; 4]);
+            let Ok(msg) = recvmsg::<()>(
+                self.socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) else {
+                continue;
+            };
+            let mut fds = Vec::new();
+            for cmsg in msg.cmsgs().expect("cmsgs") {
+                if let ControlMessageOwned::ScmRights(received) = cmsg {
+                    // SAFETY: the kernel installed these descriptors for this process.
+                    fds.extend(
+                        received
+                            .into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
+            }
+            let n = msg.bytes;
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if text.contains(wanted) {
+                return (text, fds);
+            }
+            seen.push(text);
+        }
+        panic!("no {wanted:?} within {limit:?}; got {seen:?}");
+    }
+}
+
+/// `kvfs mount` started as systemd starts the next instance after a restart: the stored
+/// descriptors at 3 and 4, LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (the shell's pid, which
+/// `exec` keeps).
+fn start_with_listen_fds(
+    env: &TestEnv,
+    mnt: &Path,
+    notify: &Path,
+    device: &std::os::fd::OwnedFd,
+    state: &std::os::fd::OwnedFd,
+    log: &Path,
+) -> Child {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let high = |fd: &std::os::fd::OwnedFd| {
+        // SAFETY: F_DUPFD_CLOEXEC on a valid descriptor; the copy is closed at exec.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) }
+    };
+    let (dev, st) = (high(device), high(state));
+    let kvfs = env!("CARGO_BIN_EXE_kvfs");
+    let mut cmd = std::process::Command::new("sh");
+    kvfs::testing::scrub_env(&mut cmd);
+    cmd.env(
+        "KVFS_LOG",
+        "debug,azure_core=info,typespec_client_core=info,hyper=info,rustls=info,reqwest=info",
+    );
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+        .arg(kvfs)
+        .arg("mount")
+        .arg(mnt)
+        .args(env.kvfs_args())
+        .args(["--systemd-fd-store"])
+        .env("NOTIFY_SOCKET", notify)
+        .env("LISTEN_FDS", "2")
+        .env("LISTEN_FDNAMES", "kvfs-fuse:kvfs-state")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log"));
+    // SAFETY: only dup2, which is async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(dev, 3) < 0 || libc::dup2(st, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("spawn");
+    // SAFETY: closing this process's own copies, made above.
+    unsafe {
+        libc::close(dev);
+        libc::close(st);
+    }
+    child
+}
+
+#[test]
+fn systemctl_restart_keeps_the_connection_through_the_fd_store() {
+    let env = TestEnv::start();
+    env.vault().set_secret("db-password", "v1-bytes");
+    env.vault().set_secret("api-key", "key-1");
+    let manager = ServiceManager::bind(env.dir.path());
+    let mnt = env.mountpoint("mnt");
+    let mut first = {
+        let mut cmd = env.command(&mnt, &["--systemd-fd-store"]);
+        cmd.env("NOTIFY_SOCKET", &manager.path);
+        Mount::start(cmd, mnt.clone())
+    };
+    let (_, fds) = manager.wait_for("FDNAME=kvfs-fuse", Duration::from_secs(30));
+    let device = fds
+        .into_iter()
+        .next()
+        .expect("the FUSE device with FDSTORE=1");
+    manager.wait_for("READY=1", Duration::from_secs(30));
+    let held = std::fs::File::open(first.file("db-password")).expect("open");
+    env.vault().set_secret("db-password", "v2-bytes-longer");
+
+    // `systemctl restart`: SIGTERM; kvfs leaves its state in the store and exits 0 mounted.
+    let status = first.terminate();
+    assert!(status.success(), "{status}");
+    let (_, fds) = manager.wait_for("FDNAME=kvfs-state", Duration::from_secs(5));
+    let state = fds
+        .into_iter()
+        .next()
+        .expect("the state memfd with FDSTORE=1");
+    assert!(
+        common::is_mounted(&mnt),
+        "still mounted between the two instances"
+    );
+    // A reader arriving between the two instances waits for the next one, then succeeds.
+    let reader = {
+        let path = mnt.join("api-key");
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            (std::fs::read(path), started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+
+    let log = mnt.with_extension("second.log");
+    let child = start_with_listen_fds(&env, &mnt, &manager.path, &device, &state, &log);
+    let mut second = Mount {
+        path: mnt.clone(),
+        log_path: log,
+        child: Some(child),
+    };
+    drop(state);
+    let (ready, _) = manager.wait_for("READY=1", Duration::from_secs(30));
+    let (bytes, waited) = reader.join().expect("reader");
+    assert_eq!(
+        bytes.expect("the read made during the restart succeeds"),
+        b"key-1"
+    );
+    println!(
+        "HANDOFF systemd restart: a read issued between the instances waited {waited:?}; {ready:?}"
+    );
+    let mut buf = vec![0u8; 64];
+    let n = std::os::unix::fs::FileExt::read_at(&held, &mut buf, 0).expect("held file reads");
+    assert_eq!(
+        &buf[..n],
+        b"v1-bytes",
+        "the held descriptor keeps its version"
+    );
+    assert_eq!(
+        second.read("db-password").expect("read"),
+        b"v2-bytes-longer"
+    );
+    assert_eq!(mounts_at(&mnt), 1);
+    assert_eq!(waiting(&mnt), Some(0));
+    let said = std::fs::read_to_string(&second.log_path).unwrap_or_default();
+    assert!(said.contains("taking the mount over"), "{said}");
+    drop(held);
+
+    // A plain stop: systemd drops the stored descriptors and the unit's ExecStopPost unmounts.
+    let status = second.terminate();
+    assert!(status.success(), "{status}");
+    drop(device);
+    kvfs::testing::unmount_leftover(&mnt);
+    assert!(!common::is_mounted(&mnt));
 }

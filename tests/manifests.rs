@@ -281,11 +281,31 @@ fn assert_daemonset(kustomization: &str, docs: &[Value]) {
     let ds = find(docs, "DaemonSet", "kvfs");
     let strategy = &ds["spec"]["updateStrategy"];
     assert_eq!(strategy["type"], "RollingUpdate");
-    assert_eq!(strategy["rollingUpdate"]["maxUnavailable"], 1);
+    // The new pod starts beside the old one and takes its mount over (tests/handoff.rs).
+    assert_eq!(strategy["rollingUpdate"]["maxSurge"], 1);
+    assert_eq!(strategy["rollingUpdate"]["maxUnavailable"], 0);
     let pod = pod_spec(ds);
     assert_pod_rules(kustomization, pod);
     let kvfs = container(pod, "containers", "kvfs");
     assert_eq!(kvfs["image"], "ghcr.io/OWNER/kvfs:0.1.0");
+    // The control socket on a host path both pods of a node see; the old pod lingers.
+    assert_eq!(volume(pod, "kvfs-run")["hostPath"]["path"], "/run/kvfs");
+    assert!(
+        kvfs["volumeMounts"]
+            .as_array()
+            .expect("volumeMounts")
+            .iter()
+            .any(|m| m["name"] == "kvfs-run" && m["mountPath"] == "/run/kvfs"),
+        "{kvfs}"
+    );
+    assert!(
+        kvfs["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .any(|e| e["name"] == "KVFS_LINGER_AFTER_HANDOFF" && e["value"] == "true"),
+        "{kvfs}"
+    );
 
     // /dev/fuse from the host, as a character device.
     assert_eq!(mount(kvfs, "fuse")["mountPath"], "/dev/fuse");

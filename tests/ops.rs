@@ -12,12 +12,16 @@ use common::{Mount, TestEnv, eventually};
 fn a_mountpoint_a_live_kvfs_serves_is_refused_with_its_pid() {
     let env = TestEnv::start();
     env.vault().set_secret("a", "v");
-    let first = env.mount(&[]);
+    // A kvfs whose control socket is not where the second one looks: it cannot be taken over
+    // (tests/handoff.rs takes over one that can), so it is refused, never stacked on.
+    let socket = env.dir.path().join("elsewhere.sock");
+    let first = env.mount(&["--control-socket", socket.to_str().unwrap()]);
     let out = env.command(&first.path, &[]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains(&format!("already served by kvfs (pid {})", first.pid())),
+        stderr.contains(&format!("already served by kvfs (pid {})", first.pid()))
+            && stderr.contains("--control-socket"),
         "{stderr}"
     );
     // Nothing was stacked: the first mount still serves, once.

@@ -277,3 +277,159 @@ fn a_pod_namespace_sees_the_node_mount_and_its_restart() {
         restart.as_millis()
     );
 }
+
+/// The DaemonSet's rolling update (maxSurge: 1, control socket on a host path) without a
+/// cluster: two "pods" on one "node", each a mount namespace sharing the node's hostPath both
+/// ways (Bidirectional), and a consumer namespace (HostToContainer) reading throughout. The new
+/// pod's kvfs takes the mount over from the old pod's; the old one lingers until its pod is
+/// deleted (SIGTERM, then its namespace goes), and exits without unmounting. The consumer sees
+/// no error at any point.
+#[test]
+fn a_rolling_update_between_two_pods_is_invisible_to_a_consumer_pod() {
+    let env = TestEnv::start();
+    env.vault().set_secret("db-password", "first value");
+    let node_dir = env.dir.path().join("node");
+    std::fs::create_dir_all(&node_dir).expect("node dir");
+    let node = Namespace::create(None, "private");
+    let node_path = node_dir.display().to_string();
+    node.run(
+        "mount",
+        &["-t", "tmpfs", "-o", "size=1m", "kvfs-node", &node_path],
+    );
+    node.run("mount", &["--make-shared", &node_path]);
+    node.run("mkdir", &[&format!("{node_path}/kv")]);
+    let kv = node_dir.join("kv");
+    // /run/kvfs on the host: a plain directory every namespace sees.
+    let socket = env.dir.path().join("run-kvfs").join("control.sock");
+    let socket_arg = socket.display().to_string();
+    let consumer = Namespace::create(Some(&node), "slave");
+    let old_pod = Namespace::create(Some(&node), "shared");
+    let new_pod = Namespace::create(Some(&node), "shared");
+    let extra = [
+        "--control-socket",
+        socket_arg.as_str(),
+        "--linger-after-handoff",
+    ];
+
+    let mut old = PodKvfs::start(&env, &old_pod, &kv, &extra, env.dir.path().join("old.log"));
+    assert!(
+        consumer.fuse_at(&kv),
+        "the old pod's mount reached the consumer"
+    );
+    let secret = kv.join("db-password").display().to_string();
+    let out = env.dir.path().join("consumer.out");
+    let mut reader = consumer
+        .command("sh")
+        .args([
+            "-c",
+            &format!("n=0; while :; do cat {secret} > /dev/null || echo ERR; n=$((n+1)); echo $n > {out}.n; done"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("out"))
+        .spawn()
+        .expect("consumer loop");
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The rollout: the new pod starts beside the old one and takes the mount over.
+    env.vault().set_secret("db-password", "second value");
+    let started = Instant::now();
+    let new = PodKvfs::start(&env, &new_pod, &kv, &extra, env.dir.path().join("new.log"));
+    assert!(
+        common::eventually(Duration::from_secs(30), || new
+            .log_text()
+            .contains("took the mount over")),
+        "the new pod did not take over: {}",
+        new.log_text()
+    );
+    let takeover = started.elapsed();
+    assert!(
+        old.log_text().contains("serving nothing until SIGTERM"),
+        "the old pod lingers: {}",
+        old.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // The old pod is deleted: SIGTERM, exit 0, no unmount; then its namespace goes.
+    let status = old.stop();
+    assert!(status.success(), "old kvfs: {status}");
+    drop(old_pod);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        node.fuse_at(&kv) && consumer.fuse_at(&kv),
+        "the mount stayed"
+    );
+    assert!(
+        consumer.run("cat", &[&secret]) == "second value"
+            || consumer.run("cat", &[&secret]) == "first value"
+    );
+    let _ = reader.kill();
+    let _ = reader.wait();
+    let output = std::fs::read_to_string(&out).unwrap_or_default();
+    let reads: u64 = std::fs::read_to_string(format!("{}.n", out.display()))
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let errors = output.matches("ERR").count();
+    println!(
+        "HANDOFF two pods: takeover in {} ms; the consumer pod made {reads} reads, {errors} errors",
+        takeover.as_millis()
+    );
+    assert_eq!(errors, 0, "the consumer saw errors");
+    assert!(reads > 10, "the consumer kept reading ({reads})");
+    drop(new);
+    assert!(
+        !consumer.fuse_at(&kv),
+        "the last kvfs's stop unmounted everywhere"
+    );
+}
+
+/// kvfs in a pod's namespace, given `extra` flags; stopped (SIGTERM) on drop.
+struct PodKvfs(NodeKvfs);
+
+impl PodKvfs {
+    fn start(
+        env: &TestEnv,
+        pod: &Namespace,
+        mountpoint: &Path,
+        extra: &[&str],
+        log: PathBuf,
+    ) -> PodKvfs {
+        let mut cmd = pod.command(env!("CARGO_BIN_EXE_kvfs"));
+        kvfs::testing::scrub_env(&mut cmd);
+        cmd.arg("mount")
+            .arg(mountpoint)
+            .args(env.kvfs_args())
+            .args(["--allow-other", "--shutdown-grace", "1s"])
+            .args(extra)
+            .env("KVFS_LOG", "info");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn kvfs");
+        let kvfs = NodeKvfs {
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pod.fuse_at(mountpoint) {
+            assert!(
+                Instant::now() < deadline,
+                "kvfs did not mount within 30 s: {}",
+                kvfs.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PodKvfs(kvfs)
+    }
+
+    fn log_text(&self) -> String {
+        self.0.log_text()
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
+        self.0.stop()
+    }
+}

@@ -223,6 +223,24 @@ impl Relay {
         }
     }
 
+    /// Lets go of the connection for good, once a successor serves it: the device's descriptor
+    /// number now refers to /dev/null, so that this process no longer keeps the connection
+    /// alive (should the successor die, its readers get ENOTCONN rather than wait on a process
+    /// that will never answer). The relay must be paused.
+    pub fn abandon(&self) -> io::Result<()> {
+        let null = nix::fcntl::open(
+            "/dev/null",
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        // SAFETY: dup3 onto a descriptor this relay owns; no thread uses it while paused, and
+        // the number stays valid (now /dev/null) for the OwnedFd that closes it.
+        if unsafe { libc::dup3(null.as_raw_fd(), self.dev.as_raw_fd(), libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Takes requests again after `pause`.
     pub fn resume(&self) {
         let mut state = self.lock();
@@ -270,7 +288,9 @@ fn requests(
         let n = match nix::unistd::read(dev, &mut buf) {
             Ok(n) => n,
             // Interrupted, or a request the kernel withdrew, or another holder took it.
-            Err(nix::errno::Errno::EINTR | nix::errno::Errno::ENOENT | nix::errno::Errno::EAGAIN) => {
+            Err(
+                nix::errno::Errno::EINTR | nix::errno::Errno::ENOENT | nix::errno::Errno::EAGAIN,
+            ) => {
                 continue;
             }
             Err(_) => break,
@@ -313,7 +333,6 @@ fn replies(
     socket: &OwnedFd,
     notes: &mpsc::Sender<Vec<u8>>,
 ) {
-    let (lock, changed) = state;
     let mut buf = vec![0u8; SOCKET_BUFFER];
     loop {
         let n = match nix::sys::socket::recv(
@@ -327,12 +346,28 @@ fn replies(
             Err(_) => return,
         };
         let Some(message) = buf.get(..n) else { return };
+        relay_reply(dev, state, message, notes);
+        // A read reply carries a secret's bytes: none may stay behind in this buffer.
+        zeroize::Zeroize::zeroize(&mut buf[..n]);
+    }
+}
+
+/// One message from fuser: a reply goes to the kernel unless the relay made its request up; a
+/// notification goes to the notification thread.
+fn relay_reply(
+    dev: &OwnedFd,
+    state: &(Mutex<State>, Condvar),
+    message: &[u8],
+    notes: &mpsc::Sender<Vec<u8>>,
+) {
+    let (lock, changed) = state;
+    {
         let Some(unique) = read_u64(message, 8) else {
-            continue;
+            return;
         };
         if unique == 0 {
             let _ = notes.send(message.to_vec());
-            continue;
+            return;
         }
         let forward = {
             let mut s = lock.lock().unwrap_or_else(PoisonError::into_inner);
