@@ -125,13 +125,18 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The directory of the pid files (kvfs removes its own there at exit).
+pub fn pid_dir() -> Option<PathBuf> {
+    if is_root() {
+        Some(PathBuf::from("/run/kvfs/mounts"))
+    } else {
+        Some(PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?).join("kvfs/mounts"))
+    }
+}
+
 /// Where the pid file of a kvfs serving `mountpoint` is.
 fn pid_path(mountpoint: &Path) -> Option<PathBuf> {
-    let dir = if is_root() {
-        PathBuf::from("/run/kvfs/mounts")
-    } else {
-        PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?).join("kvfs/mounts")
-    };
+    let dir = pid_dir()?;
     let canonical = std::fs::canonicalize(mountpoint).ok()?;
     let name: String = canonical
         .to_string_lossy()

@@ -10,7 +10,6 @@
 
 use std::io;
 use std::mem::ManuallyDrop;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +34,7 @@ use crate::store::keyvault::{KeyVaultConfig, KeyVaultStore, classify};
 use crate::store::{RetryPolicy, RetryStore, SecretStore};
 use crate::transport::budget::RequestBudget;
 use crate::transport::{self, TransportConfig};
+use crate::unmount_guard::UnmountGuard;
 
 #[cfg(feature = "emulator")]
 mod demo;
@@ -60,6 +60,8 @@ pub enum RunError {
 
 /// Everything a mount needs, whichever command built it.
 struct Plan {
+    /// Detaches the mount at shutdown, or when kvfs dies (see `unmount_guard`).
+    guard: UnmountGuard,
     mountpoint: PathBuf,
     vault_url: Url,
     auth: AuthConfig,
@@ -74,9 +76,12 @@ pub fn mount(args: MountArgs) -> Result<(), RunError> {
             tracing::warn!(error = %e, "kvfs keeps its capabilities");
         }
     }
+    // Still one thread, and nothing fetched yet: the guard's copy of memory holds no secret.
+    let guard = spawn_guard(&args.mountpoint, !args.options.no_sandbox)?;
     let runtime = runtime()?;
     let auth = auth_config(&args.identity);
     let plan = Plan {
+        guard,
         mountpoint: args.mountpoint,
         vault_url: args.vault_url,
         auth,
@@ -89,6 +94,12 @@ pub fn mount(args: MountArgs) -> Result<(), RunError> {
     let result = serve(&runtime, plan);
     stop(runtime);
     result
+}
+
+/// Forks the unmount guard: kvfs, confined by Landlock once mounted, cannot unmount itself.
+fn spawn_guard(mountpoint: &Path, sandbox: bool) -> Result<UnmountGuard, RunError> {
+    UnmountGuard::spawn(mountpoint, sandbox)
+        .map_err(|e| RunError::Setup(format!("cannot start the unmount guard: {e}")))
 }
 
 /// Stops the runtime without waiting on a blocking task stuck in the kernel (an invalidation
@@ -259,6 +270,9 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     // alive. After the lazy detach below, that path may already hold a new kvfs's mount, so
     // the session is never dropped: the process exits instead, which closes /dev/fuse.
     let session = ManuallyDrop::new(session.spawn().map_err(mount_error)?);
+    if let Err(e) = plan.guard.arm() {
+        tracing::warn!(error = %e, "the unmount guard is gone: a killed kvfs would leave its mount stale");
+    }
     let _pid_file = crate::mountpoint::PidFile::write(&plan.mountpoint);
     metrics::set_mounted(true);
     let mut signals = {
@@ -278,7 +292,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     );
     let readiness = notify::announce_ready(runtime, &plan.mountpoint, &status, o.request_timeout)
         .map_err(|e| {
-        let _ = detach(&plan.mountpoint);
+        let _ = plan.guard.detach();
         mount_error(e)
     })?;
     crate::sandbox::after_mount(
@@ -303,12 +317,14 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     if unmounted_outside {
         token_keeper.abort();
         tracing::info!("unmounted from outside; exiting");
+        // Nothing left to detach, and the path may soon hold another mount.
+        plan.guard.release();
         return ManuallyDrop::into_inner(session)
             .join()
             .map_err(mount_error);
     }
     tracing::info!("signal received; detaching the mount");
-    detach(&plan.mountpoint).map_err(|e| RunError::Mount {
+    plan.guard.detach().map_err(|e| RunError::Mount {
         path: plan.mountpoint.clone(),
         reason: format!("cannot detach it: {e}"),
     })?;
@@ -354,36 +370,6 @@ impl Signals {
             // than unmount at once.
             None => std::future::pending::<()>().await,
         }
-    }
-}
-
-/// Detaches the mount from `path` at once, even with files held open (MNT_DETACH): the path is
-/// free for a new mount, and the kernel keeps the connection until the last holder lets go.
-fn detach(path: &Path) -> io::Result<()> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: a valid NUL-terminated path; umount2 reads it only.
-    if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        // Not root: fusermount3 (setuid) detaches mounts its user made.
-        Some(libc::EPERM) => {
-            let status = std::process::Command::new("fusermount3")
-                .args(["-u", "-z"])
-                .arg(path)
-                .status()?;
-            if status.success() {
-                Ok(())
-            } else {
-                Err(io::Error::other(format!(
-                    "`fusermount3 -u -z` failed ({status})"
-                )))
-            }
-        }
-        // Unmounted from outside meanwhile: nothing left to detach.
-        Some(libc::EINVAL) => Ok(()),
-        _ => Err(err),
     }
 }
 
