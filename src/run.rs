@@ -2,7 +2,8 @@
 //! check that a token can be had and the vault listed; clean a stale mountpoint; mount; wait
 //! for SIGTERM/SIGINT (or an external unmount); unmount.
 //!
-//! Shutdown never fails on files held open: the mount is detached lazily (MNT_DETACH), so the
+//! Shutdown never fails on files held open: the mount is detached lazily (MNT_DETACH, by the
+//! unmount guard forked before the mount: kvfs itself, under Landlock, may not), so the
 //! mountpoint is free at once and nothing stale is left, while holders of open files or of a
 //! cwd inside keep being answered for `--shutdown-grace`. The session ends when the last holder
 //! lets go, when the grace ends, or at a second signal; the process then exits, and closing

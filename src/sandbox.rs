@@ -163,8 +163,13 @@ pub fn after_mount(disabled: bool, execs_az: bool) {
 
 fn report_landlock(outcome: &landlock::Outcome) {
     let coverage = match outcome {
-        landlock::Outcome::Unsupported => {
-            tracing::warn!("landlock: not in this kernel (or not enabled); filesystem rules off");
+        landlock::Outcome::Unavailable { errno } => {
+            let cause = std::io::Error::from_raw_os_error(*errno);
+            tracing::warn!(
+                error = %cause,
+                "landlock: unavailable (not in this kernel, not enabled at boot, or refused by a \
+                 seccomp filter such as systemd's SystemCallFilter=); filesystem rules off"
+            );
             return;
         }
         landlock::Outcome::Applied(coverage) => coverage,

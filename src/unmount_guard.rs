@@ -59,6 +59,9 @@ pub struct UnmountGuard {
 
 /// What the child needs, prepared before the fork.
 struct ChildPlan {
+    /// The process's argument strings (start, end): the child writes its name over them, so
+    /// that `ps`, `/proc/<pid>/cmdline` and `pgrep -f 'kvfs mount'` do not take it for kvfs.
+    args: Option<(usize, usize)>,
     mountpoint: CString,
     fusermount: Option<CString>,
     dev_null: OwnedFd,
@@ -79,6 +82,7 @@ impl UnmountGuard {
             );
         }
         let plan = ChildPlan {
+            args: argument_area(),
             mountpoint: CString::new(mountpoint.as_os_str().as_bytes())?,
             fusermount: find_fusermount().and_then(|p| CString::new(p.as_os_str().as_bytes()).ok()),
             dev_null: std::fs::OpenOptions::new()
@@ -208,6 +212,16 @@ fn holds_sys_admin() -> bool {
     .unwrap_or(false)
 }
 
+/// Where this process's argument strings are (arg_start, arg_end of /proc/self/stat).
+fn argument_area() -> Option<(usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which may hold spaces: field 3 is the first.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let start = fields.get(48 - 3)?.parse().ok()?;
+    let end = fields.get(49 - 3)?.parse().ok()?;
+    (start < end).then_some((start, end))
+}
+
 /// `fusermount3` on the PATH, resolved now: the child must not search for it.
 fn find_fusermount() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
@@ -251,9 +265,20 @@ fn filter() -> Result<BpfProgram, String> {
 /// The guard's life. Raw system calls only.
 fn child_main(plan: &ChildPlan, parents_end: libc::c_int, ours: libc::c_int) -> ! {
     // SAFETY: every call below is a plain system call on descriptors and buffers prepared
-    // before the fork, which stay valid until `_exit`.
+    // before the fork, which stay valid until `_exit`; the only memory written besides locals
+    // is this process's own argument strings, within the bounds the kernel reported.
     unsafe {
         libc::close(parents_end);
+        if let Some((start, end)) = plan.args {
+            // The child's own copy of the argument strings (copy on write): the name, then
+            // NULs to the end, which /proc/<pid>/cmdline then shows.
+            let area = start as *mut u8;
+            std::ptr::write_bytes(area, 0, end - start);
+            let name = PROCESS_NAME.as_bytes();
+            if name.len() < end - start {
+                std::ptr::copy_nonoverlapping(name.as_ptr(), area, name.len());
+            }
+        }
         libc::prctl(libc::PR_SET_NAME, c"kvfs-unmount".as_ptr(), 0, 0, 0);
         // Signals sent to the whole group (Ctrl-C, systemd's stop) must not take the guard
         // away before kvfs asks it to detach; end of file tells it when to go.
@@ -412,6 +437,13 @@ mod tests {
                 .is_ok_and(|c| c.trim() == PROCESS_NAME)
         });
         assert!(named, "comm {comm:?}");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        assert_eq!(
+            cmdline.split(|&b| b == 0).next(),
+            Some(PROCESS_NAME.as_bytes()),
+            "{:?}",
+            String::from_utf8_lossy(&cmdline)
+        );
         guard.release();
         assert!(!Path::new(&format!("/proc/{pid}")).exists(), "reaped");
 

@@ -113,8 +113,9 @@ pub fn rules(pid_dir: Option<&Path>, writable: &[PathBuf]) -> Vec<Rule> {
 /// What `confine_every_thread` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The kernel has no Landlock (not built in, or not enabled at boot).
-    Unsupported,
+    /// Landlock cannot be used: not built into the kernel (ENOSYS), not enabled at boot
+    /// (EOPNOTSUPP), or refused by a seccomp filter kvfs runs under (EPERM).
+    Unavailable { errno: i32 },
     /// The ruleset was applied.
     Applied(Coverage),
 }
@@ -148,10 +149,10 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 
 /// Builds the ruleset from `rules` and applies it to every thread of the process.
 pub fn confine_every_thread(rules: &[Rule]) -> Result<Outcome, LandlockError> {
-    let abi = kernel_abi();
-    if abi < 1 {
-        return Ok(Outcome::Unsupported);
-    }
+    let abi = match kernel_abi() {
+        Ok(abi) => abi,
+        Err(errno) => return Ok(Outcome::Unavailable { errno }),
+    };
     let mut ruleset = Ruleset::default().handle_access(handled())?.create()?;
     for rule in rules {
         let fd = PathFd::new(&rule.path).map_err(|source| LandlockError::Path {
@@ -163,7 +164,9 @@ pub fn confine_every_thread(rules: &[Rule]) -> Result<Outcome, LandlockError> {
     if abi >= 8 {
         let status = ruleset.all_threads(true)?.restrict_self()?;
         if status.ruleset == RulesetStatus::NotEnforced {
-            return Ok(Outcome::Unsupported);
+            return Ok(Outcome::Unavailable {
+                errno: libc::EOPNOTSUPP,
+            });
         }
         // Every thread is confined: the round only runs each thread's check.
         let mut coverage = each_thread(None)?;
@@ -173,15 +176,18 @@ pub fn confine_every_thread(rules: &[Rule]) -> Result<Outcome, LandlockError> {
     }
     let fd: Option<OwnedFd> = ruleset.into();
     let Some(fd) = fd else {
-        return Ok(Outcome::Unsupported);
+        return Ok(Outcome::Unavailable {
+            errno: libc::EOPNOTSUPP,
+        });
     };
     let mut coverage = each_thread(Some(&fd))?;
     coverage.abi = abi;
     Ok(Outcome::Applied(coverage))
 }
 
-/// The kernel's Landlock ABI version, or 0 without Landlock.
-fn kernel_abi() -> i32 {
+/// The kernel's Landlock ABI version, or the errno: ENOSYS (not built in), EOPNOTSUPP (not
+/// enabled at boot), EPERM (refused by a seccomp filter around kvfs, e.g. systemd's).
+fn kernel_abi() -> Result<i32, i32> {
     // SAFETY: LANDLOCK_CREATE_RULESET_VERSION takes no attribute (null, size 0) and returns
     // the ABI version or -1.
     let v = unsafe {
@@ -192,7 +198,12 @@ fn kernel_abi() -> i32 {
             1u32, // LANDLOCK_CREATE_RULESET_VERSION
         )
     };
-    i32::try_from(v).unwrap_or(0).max(0)
+    match i32::try_from(v) {
+        Ok(abi) if abi >= 1 => Ok(abi),
+        _ => Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::ENOSYS)),
+    }
 }
 
 // The state the signal handler shares with `each_thread`: atomics only, set up before the
@@ -438,7 +449,7 @@ mod tests {
     /// else.
     #[test]
     fn every_thread_started_before_the_ruleset_is_confined() {
-        if kernel_abi() < 1 {
+        if kernel_abi().is_err() {
             eprintln!("no Landlock in this kernel: nothing to check");
             return;
         }
