@@ -7,7 +7,8 @@
 //! `SecretStore` seam: Key Vault, in-memory, retries) -> `auth` and `transport` (identity, the
 //! one HTTP client, the request budget). `access` (owners, include/exclude) shapes what `fs`
 //! shows; `audit` records opens. `hardening` locks the process's memory and keeps it out of
-//! core dumps before any secret arrives; `sandbox` drops privileges once the mount is up.
+//! core dumps before any secret arrives; `sandbox` drops privileges once the mount is up, and
+//! `unmount_guard` is the small process that unmounts for it.
 //! `handoff` passes the live FUSE connection to a new kvfs on restart or upgrade.
 //! `metrics` serves Prometheus and health probes; `logs` and `log_limit` are the logging and
 //! what readers cannot repeat in it; `mount_helper` is the binary as `mount.kvfs`. `secret` and
@@ -41,3 +42,4 @@ pub mod store;
 #[cfg(feature = "emulator")]
 pub mod testing;
 pub mod transport;
+pub mod unmount_guard;

@@ -128,6 +128,15 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The directory of the pid files (kvfs removes its own there at exit).
+pub fn pid_dir() -> Option<PathBuf> {
+    if is_root() {
+        Some(PathBuf::from("/run/kvfs/mounts"))
+    } else {
+        Some(PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?).join("kvfs/mounts"))
+    }
+}
+
 /// Where the pid file of a kvfs serving `mountpoint` is.
 fn pid_path(mountpoint: &Path) -> Option<PathBuf> {
     runtime_path(mountpoint, "mounts", "pid")

@@ -2,7 +2,8 @@
 //! check that a token can be had and the vault listed; clean a stale mountpoint; mount; wait
 //! for SIGTERM/SIGINT (or an external unmount); unmount.
 //!
-//! Shutdown never fails on files held open: the mount is detached lazily (MNT_DETACH), so the
+//! Shutdown never fails on files held open: the mount is detached lazily (MNT_DETACH, by the
+//! unmount guard forked before the mount: kvfs itself, under Landlock, may not), so the
 //! mountpoint is free at once and nothing stale is left, while holders of open files or of a
 //! cwd inside keep being answered for `--shutdown-grace`. The session ends when the last holder
 //! lets go, when the grace ends, or at a second signal; the process then exits, and closing
@@ -10,7 +11,6 @@
 
 use std::io;
 use std::mem::ManuallyDrop;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +36,7 @@ use crate::store::keyvault::{KeyVaultConfig, KeyVaultStore, classify};
 use crate::store::{RetryPolicy, RetryStore, SecretStore};
 use crate::transport::budget::RequestBudget;
 use crate::transport::{self, TransportConfig};
+use crate::unmount_guard::UnmountGuard;
 
 #[cfg(feature = "emulator")]
 mod demo;
@@ -63,6 +64,8 @@ pub enum RunError {
 
 /// Everything a mount needs, whichever command built it.
 struct Plan {
+    /// Detaches the mount at shutdown, or when kvfs dies (see `unmount_guard`).
+    guard: UnmountGuard,
     mountpoint: PathBuf,
     vault_url: Url,
     auth: AuthConfig,
@@ -77,9 +80,12 @@ pub fn mount(args: MountArgs) -> Result<(), RunError> {
             tracing::warn!(error = %e, "kvfs keeps its capabilities");
         }
     }
+    // Still one thread, and nothing fetched yet: the guard's copy of memory holds no secret.
+    let guard = spawn_guard(&args.mountpoint, !args.options.no_sandbox)?;
     let runtime = runtime()?;
     let auth = auth_config(&args.identity);
     let plan = Plan {
+        guard,
         mountpoint: args.mountpoint,
         vault_url: args.vault_url,
         auth,
@@ -92,6 +98,12 @@ pub fn mount(args: MountArgs) -> Result<(), RunError> {
     let result = serve(&runtime, plan);
     stop(runtime);
     result
+}
+
+/// Forks the unmount guard: kvfs, confined by Landlock once mounted, cannot unmount itself.
+fn spawn_guard(mountpoint: &Path, sandbox: bool) -> Result<UnmountGuard, RunError> {
+    UnmountGuard::spawn(mountpoint, sandbox)
+        .map_err(|e| RunError::Setup(format!("cannot start the unmount guard: {e}")))
 }
 
 /// Stops the runtime without waiting on a blocking task stuck in the kernel (an invalidation
@@ -309,7 +321,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
                     let session =
                         fuser::Session::from_fd(adapter, theirs, config.acl, config.clone())
                             .inspect_err(|_| {
-                                let _ = detach(&plan.mountpoint);
+                                let _ = plan.guard.detach();
                             })
                             .map_err(mount_error)?;
                     (session, Some(relay), None)
@@ -348,6 +360,9 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             Err(e) => tracing::warn!(error = %e, "cannot store the FUSE connection with systemd"),
         }
     }
+    if let Err(e) = plan.guard.arm() {
+        tracing::warn!(error = %e, "the unmount guard is gone: a killed kvfs would leave its mount stale");
+    }
     let _pid_file = crate::mountpoint::PidFile::write(&plan.mountpoint);
     metrics::set_mounted(true);
     let period = refresh::period_for(o.cache_ttl);
@@ -364,7 +379,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     );
     let readiness = notify::announce_ready(runtime, &plan.mountpoint, &status, o.request_timeout)
         .map_err(|e| {
-        let _ = detach(&plan.mountpoint);
+        let _ = plan.guard.detach();
         mount_error(e)
     })?;
     let handed_over = match (&relay, &control) {
@@ -375,6 +390,12 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             relay.clone(),
             o.request_timeout + Duration::from_secs(2),
         )
+        .inspect(|_| {
+            // Removed at shutdown, under the sandbox.
+            if let Some(dir) = path.parent() {
+                crate::sandbox::removable_in(dir);
+            }
+        })
         .inspect_err(|e| {
             tracing::warn!(socket = %path.display(), error = %e, "no control socket: upgrades will restart the mount");
         })
@@ -414,6 +435,8 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         }
     });
     if let (Stop::HandedOver, Some(relay)) = (&stop, &relay) {
+        // The successor serves the mount: the guard must not unmount it when this kvfs exits.
+        plan.guard.release();
         refresher.abort();
         token_keeper.abort();
         if let Err(e) = relay.abandon() {
@@ -439,6 +462,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         // and the state with systemd. A plain stop unmounts in the unit's ExecStopPost.
         match handoff::store_state(&fs, relay, o.request_timeout + Duration::from_secs(2)) {
             Ok(drain) => {
+                plan.guard.release();
                 tracing::info!(
                     ?drain,
                     "state in systemd's fd store; exiting without unmounting"
@@ -454,12 +478,14 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     if unmounted_outside {
         token_keeper.abort();
         tracing::info!("unmounted from outside; exiting");
+        // Nothing left to detach, and the path may soon hold another mount.
+        plan.guard.release();
         return ManuallyDrop::into_inner(session)
             .join()
             .map_err(mount_error);
     }
     tracing::info!("signal received; detaching the mount");
-    detach(&plan.mountpoint).map_err(|e| RunError::Mount {
+    plan.guard.detach().map_err(|e| RunError::Mount {
         path: plan.mountpoint.clone(),
         reason: format!("cannot detach it: {e}"),
     })?;
@@ -575,36 +601,6 @@ impl Signals {
             // than unmount at once.
             None => std::future::pending::<()>().await,
         }
-    }
-}
-
-/// Detaches the mount from `path` at once, even with files held open (MNT_DETACH): the path is
-/// free for a new mount, and the kernel keeps the connection until the last holder lets go.
-fn detach(path: &Path) -> io::Result<()> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: a valid NUL-terminated path; umount2 reads it only.
-    if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        // Not root: fusermount3 (setuid) detaches mounts its user made.
-        Some(libc::EPERM) => {
-            let status = std::process::Command::new("fusermount3")
-                .args(["-u", "-z"])
-                .arg(path)
-                .status()?;
-            if status.success() {
-                Ok(())
-            } else {
-                Err(io::Error::other(format!(
-                    "`fusermount3 -u -z` failed ({status})"
-                )))
-            }
-        }
-        // Unmounted from outside meanwhile: nothing left to detach.
-        Some(libc::EINVAL) => Ok(()),
-        _ => Err(err),
     }
 }
 

@@ -1,31 +1,40 @@
-//! Least privilege: kvfs needs root's power only to mount and to unmount, so it gives up the
-//! rest as early as it can.
+//! Least privilege: kvfs needs root's power only to mount, so it gives up the rest as early as
+//! it can.
 //!
-//! Two steps, both skipped with `--no-sandbox`:
+//! Three steps, all skipped with `--no-sandbox`:
 //! - `drop_capabilities`, while the process still has one thread: every capability but
 //!   CAP_SYS_ADMIN leaves the effective, permitted, inheritable, ambient and bounding sets.
 //!   Capabilities are per thread (capset(2)), so dropping them before the runtime, fuser and
 //!   any helper thread exist is what makes every thread inherit the smaller sets. CAP_SYS_ADMIN
-//!   stays: mount(2) needs it, and so does umount2(2) at shutdown. Dropping it too would leave
-//!   only the setuid `fusermount3` to unmount, which no_new_privs (below) makes powerless.
-//! - `confine`, once the mount is up: PR_SET_NO_NEW_PRIVS and a seccomp allow-list of the
-//!   system calls kvfs makes while serving (measured with `strace -f` through reads, listings,
-//!   refresh, kernel invalidation, token renewal, CA reload and shutdown), applied with TSYNC
-//!   so the fuser and tokio threads already running are covered too (TSYNC also sets their
-//!   no_new_privs). Anything else fails with EPERM rather than killing kvfs: a call missed on
-//!   some libc path fails one operation, where a kill would take every mounted secret away.
+//!   stays: mount(2) needs it, and so does the unmount guard's umount2(2) at shutdown.
+//! - The unmount guard (src/unmount_guard.rs), forked next, before the mount: the one process
+//!   of kvfs outside the Landlock domain, since the kernel refuses umount2(2) to a
+//!   Landlock-restricted process. It detaches the mount at shutdown, or when kvfs dies.
+//! - `confine`, once the mount is up, in this order:
+//!   - Landlock filesystem rules (`landlock`): read anywhere, remove files only in the pid
+//!     file directory, write nowhere else, execute nothing; on every thread, thread by thread
+//!     before Landlock ABI 8 (see there), with TSYNC from ABI 8.
+//!   - PR_SET_NO_NEW_PRIVS and a seccomp allow-list of the system calls kvfs makes while
+//!     serving (measured with `strace -f` through reads, listings, refresh, kernel
+//!     invalidation, token renewal, CA reload and shutdown), applied with TSYNC so the fuser
+//!     and tokio threads already running are covered too (TSYNC also sets their
+//!     no_new_privs). Anything else fails with EPERM rather than killing kvfs: a call missed on
+//!     some libc path fails one operation, where a kill would take every mounted secret away.
+//!     umount2 and execve are not on the list: the guard unmounts, and kvfs runs nothing.
 //!
-//! Not done: Landlock. The kernel refuses umount2(2) to a Landlock-restricted thread, and kvfs
-//! must detach its own mount at shutdown; and before ABI 8 a ruleset binds only the calling
-//! thread, not the fuser and tokio threads already running. See SECURITY.md.
-//!
-//! A kvfs without CAP_SYS_ADMIN (started by a user, mounting through the setuid fusermount3)
-//! is not confined: no_new_privs would stop fusermount3 from unmounting at shutdown.
+//! A kernel without Landlock or seccomp leaves that step out, with a warning. A kvfs without
+//! CAP_SYS_ADMIN (started by a user, mounting through the setuid fusermount3) is not confined:
+//! no_new_privs would stop fusermount3 from unmounting.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
 use caps::{CapSet, Capability};
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+
+pub mod landlock;
 
 /// Why a step of the sandbox could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +47,11 @@ pub enum SandboxError {
     Arch(String),
     #[error("cannot install the seccomp filter: {0}")]
     Install(#[from] seccompiler::Error),
+    #[error("{0}")]
+    Landlock(#[from] landlock::LandlockError),
 }
 
-/// The one capability kvfs keeps: mount(2) and umount2(2) need it.
+/// The one capability kvfs keeps: mount(2), and the unmount guard's umount2(2), need it.
 pub const KEPT: Capability = Capability::CAP_SYS_ADMIN;
 
 /// Drops every capability but CAP_SYS_ADMIN from this thread, and from every thread it will
@@ -71,31 +82,77 @@ pub fn drop_capabilities() -> Result<(), SandboxError> {
 }
 
 /// What `confine` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Confinement {
-    /// no_new_privs and the seccomp filter are on for every thread.
-    Confined { syscalls: usize },
+    /// Landlock (where the kernel has it), no_new_privs and the seccomp filter are on for
+    /// every thread.
+    Confined {
+        landlock: landlock::Outcome,
+        syscalls: usize,
+    },
     /// No CAP_SYS_ADMIN: unmounting needs the setuid fusermount3, which no_new_privs disarms.
     SkippedUnprivileged,
 }
 
-/// Sets no_new_privs and installs the seccomp allow-list on every thread of the process.
+/// Directories beneath which kvfs writes once mounted, besides the pid file's.
+static WRITABLE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Lets kvfs write beneath `dir` once confined (the demo's emulator state, removed at exit).
+pub fn writable_beneath(dir: &Path) {
+    WRITABLE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(dir.to_owned());
+}
+
+/// Directories in which kvfs removes files once mounted, besides the pid file's.
+static REMOVABLE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Lets kvfs remove files in `dir` once confined (its control socket, at shutdown).
+pub fn removable_in(dir: &Path) {
+    REMOVABLE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(dir.to_owned());
+}
+
+/// The Landlock rules for this kvfs.
+fn landlock_rules() -> Vec<landlock::Rule> {
+    let writable = WRITABLE.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut rules = landlock::rules(crate::mountpoint::pid_dir().as_deref(), &writable);
+    let removable = REMOVABLE.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    rules.extend(
+        removable
+            .into_iter()
+            .filter(|d| d.is_dir())
+            .map(|path| landlock::Rule {
+                path,
+                allowed: landlock::Allowed::RemoveFiles,
+            }),
+    );
+    rules
+}
+
+/// Applies the Landlock rules, then sets no_new_privs and installs the seccomp allow-list, on
+/// every thread of the process. Landlock comes first: its system calls are not on the list.
 pub fn confine() -> Result<Confinement, SandboxError> {
     if !caps::has_cap(None, CapSet::Effective, KEPT)? {
         return Ok(Confinement::SkippedUnprivileged);
     }
+    let landlock = landlock::confine_every_thread(&landlock_rules())?;
     let program = filter()?;
     // Sets PR_SET_NO_NEW_PRIVS first; TSYNC carries it and the filter to all threads.
     seccompiler::apply_filter_all_threads(&program)?;
     Ok(Confinement::Confined {
+        landlock,
         syscalls: allowed_syscalls().len(),
     })
 }
 
 /// Confines kvfs once its mount is up, unless `--no-sandbox`; says once what it did. A kernel
-/// without seccomp leaves kvfs unconfined, with a warning, not stopped. With `--auth
-/// azure-cli` (`execs_az`) the filter stays off: it would bind the Azure CLI (a Python program
-/// kvfs runs for every token) to kvfs's own list of system calls.
+/// without Landlock or seccomp leaves kvfs unconfined by it, with a warning, not stopped. With
+/// `--auth azure-cli` (`execs_az`) Landlock and the filter stay off: they would bind the Azure
+/// CLI (a Python program kvfs runs for every token) to kvfs's own rules and system calls.
 pub fn after_mount(disabled: bool, execs_az: bool) {
     if disabled {
         tracing::warn!("--no-sandbox: kvfs keeps its capabilities and makes any system call");
@@ -103,22 +160,65 @@ pub fn after_mount(disabled: bool, execs_az: bool) {
     }
     if execs_az {
         tracing::warn!(
-            "sandbox: capabilities dropped, seccomp off: --auth azure-cli runs `az` for tokens"
+            "sandbox: capabilities dropped, Landlock and seccomp off: --auth azure-cli runs `az` for tokens"
         );
         return;
     }
     match confine() {
-        Ok(Confinement::Confined { syscalls }) => tracing::info!(
-            capabilities = "CAP_SYS_ADMIN",
-            no_new_privs = true,
-            syscalls,
-            "sandbox on: seccomp allow-list on every thread"
-        ),
+        Ok(Confinement::Confined { landlock, syscalls }) => {
+            report_landlock(&landlock);
+            tracing::info!(
+                capabilities = "CAP_SYS_ADMIN",
+                no_new_privs = true,
+                syscalls,
+                landlock = matches!(landlock, landlock::Outcome::Applied(_)),
+                "sandbox on: seccomp allow-list on every thread"
+            );
+        }
         Ok(Confinement::SkippedUnprivileged) => tracing::warn!(
             "sandbox off: without CAP_SYS_ADMIN kvfs unmounts through the setuid fusermount3, \
              which no_new_privs would disarm"
         ),
         Err(e) => tracing::warn!(error = %e, "sandbox off: kvfs runs unconfined"),
+    }
+}
+
+fn report_landlock(outcome: &landlock::Outcome) {
+    let coverage = match outcome {
+        landlock::Outcome::Unavailable { errno } => {
+            let cause = std::io::Error::from_raw_os_error(*errno);
+            tracing::warn!(
+                error = %cause,
+                "landlock: unavailable (not in this kernel, not enabled at boot, or refused by a \
+                 seccomp filter such as systemd's SystemCallFilter=); filesystem rules off"
+            );
+            return;
+        }
+        landlock::Outcome::Applied(coverage) => coverage,
+    };
+    let tids: Vec<String> = coverage.confirmed.iter().map(i32::to_string).collect();
+    let how = if coverage.tsync {
+        "TSYNC"
+    } else {
+        "thread by thread"
+    };
+    if coverage.complete() {
+        tracing::info!(
+            abi = coverage.abi,
+            tids = tids.join(","),
+            "landlock: {} threads confined ({how}), writes outside the allowed paths denied",
+            coverage.confirmed.len()
+        );
+    } else {
+        tracing::warn!(
+            abi = coverage.abi,
+            tids = tids.join(","),
+            failed = ?coverage.failed,
+            not_denied = ?coverage.not_denied,
+            silent = ?coverage.silent,
+            "landlock: only {} threads confined ({how})",
+            coverage.confirmed.len()
+        );
     }
 }
 
@@ -235,13 +335,12 @@ fn allowed_syscalls() -> BTreeSet<i64> {
         // The metrics server (--metrics-addr) accepts scrapes.
         libc::SYS_listen,
         libc::SYS_accept4,
-        // Shutdown: the lazy detach, and its `fusermount3 -u -z` fallback; `az` for
-        // --auth azure-cli. execve runs under no_new_privs, so it gains nothing.
-        libc::SYS_umount2,
-        libc::SYS_execve,
+        // Live handoff: the state for systemd's fd store travels in a memfd.
+        libc::SYS_memfd_create,
+        // Shutdown: the unmount guard is reaped. (It unmounts; kvfs runs no program once
+        // mounted: `az` for --auth azure-cli runs without the filter.)
         libc::SYS_wait4,
         libc::SYS_waitid,
-        libc::SYS_pidfd_open,
     ];
     #[cfg(target_arch = "x86_64")]
     calls.extend([
@@ -255,7 +354,6 @@ fn allowed_syscalls() -> BTreeSet<i64> {
         libc::SYS_epoll_wait,
         libc::SYS_pipe,
         libc::SYS_arch_prctl,
-        libc::SYS_vfork,
         libc::SYS_accept,
     ]);
     calls.into_iter().collect()
@@ -285,12 +383,15 @@ mod tests {
             libc::SYS_unshare,
             libc::SYS_setns,
             libc::SYS_pivot_root,
+            // The unmount guard unmounts; kvfs runs no program once mounted.
+            libc::SYS_umount2,
+            libc::SYS_execve,
+            libc::SYS_execveat,
+            // Landlock is applied before the filter, never after.
+            libc::SYS_landlock_restrict_self,
         ] {
             assert!(!allowed.contains(&denied), "syscall {denied} is allowed");
         }
-        assert!(
-            allowed.contains(&libc::SYS_umount2),
-            "shutdown must unmount"
-        );
+        assert!(allowed.contains(&libc::SYS_wait4), "the guard is reaped");
     }
 }

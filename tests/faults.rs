@@ -875,8 +875,9 @@ fn fault_token_rejection() {
     );
 }
 
-/// kvfs killed with SIGKILL while readers run: readers get ENOTCONN at once, and a new kvfs
-/// on the same mountpoint clears the stale mount and serves again.
+/// kvfs killed with SIGKILL, its unmount guard too, while readers run: readers get ENOTCONN
+/// at once, and a new kvfs on the same mountpoint clears the stale mount and serves again.
+/// (kvfs killed alone is unmounted by its guard: tests/sandbox.rs.)
 #[test]
 fn fault_kill9_with_readers() {
     let env = TestEnv::start();
@@ -892,9 +893,8 @@ fn fault_kill9_with_readers() {
     env.vault().reset_counters();
     let reads = window(&mnt, &data, Duration::from_secs(3), || {
         std::thread::sleep(Duration::from_secs(1));
+        common::kill_with_guard(&mut child);
         killed_at = Some(Instant::now());
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reaped");
     });
     let killed_at = killed_at.expect("killed");
     let after = Reads {

@@ -369,10 +369,8 @@ fn stale_mountpoint_is_cleaned_and_reused() {
     let env = TestEnv::start();
     env.vault().set_secret("s", "v");
     let mut first = env.mount(&[]);
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(first.pid(), libc::SIGKILL) };
     let mut child = first.child.take().unwrap();
-    child.wait().unwrap();
+    common::kill_with_guard(&mut child);
     assert_eq!(errno_of(std::fs::read_dir(&first.path)), libc::ENOTCONN);
     let second = env.mount(&[]);
     assert_eq!(second.read("s").unwrap(), b"v");

@@ -55,8 +55,7 @@ fn demo_clears_a_mount_left_stale_by_a_killed_demo() {
     std::fs::create_dir(&path).unwrap();
     let mut first = Mount::start(cmd, path.clone());
     let mut child = first.child.take().unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    common::kill_with_guard(&mut child);
     assert_eq!(
         std::fs::read_dir(&path)
             .err()

@@ -1,8 +1,10 @@
 //! Least privilege (SECURITY.md, "Least privilege"): once mounted, every thread of kvfs holds
-//! CAP_SYS_ADMIN alone, runs with no_new_privs and under the seccomp filter, and every feature
-//! still works under it: reads, listings, a rotation reaching readers (refresh and kernel
-//! invalidation), a restarted vault with a new CA and token key (CA reload, token renewal),
-//! SIGTERM shutdown, and a killed kvfs's stale mount cleaned by the next one.
+//! CAP_SYS_ADMIN alone, runs with no_new_privs, under the seccomp filter and under the
+//! Landlock rules, and every feature still works under it: reads, listings, a rotation
+//! reaching readers (refresh and kernel invalidation), a restarted vault with a new CA and
+//! token key (CA reload, token renewal), SIGTERM shutdown through the unmount guard, a killed
+//! kvfs's mount detached by its guard, and a stale mount (kvfs and guard both killed) cleaned
+//! by the next one.
 
 mod common;
 
@@ -100,6 +102,117 @@ fn assert_confined(m: &Mount) -> usize {
     threads.len()
 }
 
+/// The thread ids kvfs reported confined by Landlock, each of which found a write outside the
+/// allowed paths denied.
+fn landlock_tids(m: &Mount) -> Vec<i32> {
+    let log = log_of(m);
+    let line = log
+        .lines()
+        .find(|l| l.contains("landlock:") && l.contains("writes outside the allowed paths denied"))
+        .unwrap_or_else(|| panic!("no complete Landlock report: {log}"));
+    let tids = line
+        .split("tids=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no tids in {line}"));
+    tids.split(',').map(|t| t.parse().expect("tid")).collect()
+}
+
+/// Every thread of kvfs is under its Landlock rules: each one running now was confined by
+/// the round (and found a write denied), or was started after it by a confined thread (thread
+/// ids grow, so it has a higher id than every thread the round saw). Returns the number of
+/// threads confined by the round.
+fn assert_landlocked(m: &Mount) -> usize {
+    wait_until_serving(m);
+    let confined = landlock_tids(m);
+    let newest = *confined.iter().max().expect("some thread");
+    assert!(confined.contains(&m.pid()), "the main thread: {confined:?}");
+    let threads = threads_of(m.pid());
+    for t in &threads {
+        let tid: i32 = t.tid.parse().expect("tid");
+        assert!(
+            confined.contains(&tid) || tid > newest,
+            "thread {t:?} was not confined: {confined:?}"
+        );
+    }
+    // Main, 2 runtime workers and the fuser threads at least.
+    let fuser = threads
+        .iter()
+        .filter(|t| t.name.starts_with("fuser"))
+        .count();
+    assert!(
+        fuser >= 1 && confined.len() >= 3 + fuser,
+        "{confined:?} {threads:?}"
+    );
+    confined.len()
+}
+
+/// The unmount guard: kvfs's child named kvfs-unmount.
+fn guard_of(kvfs_pid: i32) -> i32 {
+    let mut found = None;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            found = children_of(kvfs_pid)
+                .into_iter()
+                .find(|&pid| comm(pid).as_deref() == Some("kvfs-unmount"));
+            found.is_some()
+        }),
+        "kvfs {kvfs_pid} has no kvfs-unmount child"
+    );
+    found.expect("found")
+}
+
+fn children_of(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|s| field(&s, "PPid") == parent.to_string())
+        })
+        .collect()
+}
+
+fn comm(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim().to_owned())
+}
+
+/// Gone, or a zombie waiting for whoever adopted it (it holds nothing then).
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Err(_) => true,
+        Ok(status) => field(&status, "State").starts_with('Z'),
+    }
+}
+
+/// The guard holds CAP_SYS_ADMIN alone, runs under its own seccomp filter, and holds no file
+/// but /dev/null (stdin, stdout), stderr and its socket: never /dev/fuse.
+fn assert_guard_is_small(guard: i32) {
+    let status = std::fs::read_to_string(format!("/proc/{guard}/status")).expect("guard status");
+    let cap_eff = u64::from_str_radix(field(&status, "CapEff"), 16).expect("hex");
+    assert_eq!(cap_eff & !CAP_IPC_LOCK, CAP_SYS_ADMIN_ONLY, "{status}");
+    assert_eq!(field(&status, "Seccomp"), "2", "{status}");
+    let mut fds: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{guard}/fd"))
+        .expect("guard fds")
+        .map(|e| {
+            let e = e.expect("fd");
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                target.display().to_string(),
+            )
+        })
+        .collect();
+    fds.sort();
+    let names: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["0", "1", "2", "3"], "{fds:?}");
+    assert_eq!(fds[0].1, "/dev/null", "{fds:?}");
+    assert!(fds[3].1.starts_with("socket:"), "{fds:?}");
+    assert!(fds.iter().all(|(_, t)| !t.contains("fuse")), "{fds:?}");
+}
+
 fn own_cap_eff() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("own status");
     u64::from_str_radix(field(&status, "CapEff"), 16).expect("hex")
@@ -165,11 +278,14 @@ fn sandboxed_kvfs_keeps_cap_sys_admin_alone_and_every_feature_works() {
         &["--cache-ttl", "1s", "--request-timeout", "5s"],
     );
     let checked = assert_confined(&m);
+    let landlocked = assert_landlocked(&m);
     assert!(
         log_of(&m).contains("sandbox on"),
         "kvfs says it is confined: {}",
         log_of(&m)
     );
+    let guard = guard_of(m.pid());
+    assert_guard_is_small(guard);
 
     // Reads and a listing.
     assert_eq!(m.read("plain").unwrap(), b"plain-value");
@@ -227,25 +343,74 @@ fn sandboxed_kvfs_keeps_cap_sys_admin_alone_and_every_feature_works() {
 
     // Threads started since (the runtime's blocking pool) are confined as well.
     assert_confined(&m);
+    assert_landlocked(&m);
 
+    // Shutdown: kvfs asks its guard to detach, and reaps it.
     let status = m.terminate();
     assert!(status.success(), "SIGTERM exit: {status}: {}", log_of(&m));
     assert!(!is_mounted(&m.path), "nothing left mounted");
-    eprintln!("{checked} threads confined at mount; rotation, CA reload, renewal, shutdown passed");
+    assert!(process_gone(guard), "the guard is gone");
+    assert!(
+        std::fs::read_dir(&m.path).is_ok(),
+        "the mountpoint is a plain directory again"
+    );
+    eprintln!(
+        "{checked} threads confined at mount ({landlocked} by Landlock); rotation, CA reload, renewal, shutdown passed"
+    );
 }
 
 #[test]
-fn a_killed_sandboxed_kvfs_leaves_a_stale_mount_the_next_one_cleans() {
+fn a_killed_sandboxed_kvfs_is_unmounted_by_its_guard() {
+    require_root();
+    let env = TestEnv::start();
+    env.vault().set_secret("s", "value");
+    let mut m = env.mount(&[]);
+    assert_landlocked(&m);
+    assert_eq!(m.read("s").unwrap(), b"value");
+    let guard = guard_of(m.pid());
+    let mut child = m.child.take().expect("running");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    assert!(
+        eventually(Duration::from_secs(5), || !is_mounted(&m.path)),
+        "the guard did not detach the mount of a killed kvfs"
+    );
+    // No ENOTCONN: the path is the plain, empty directory again.
+    let entries = std::fs::read_dir(&m.path).expect("mountpoint lists");
+    assert_eq!(entries.count(), 0);
+    assert!(
+        eventually(Duration::from_secs(5), || process_gone(guard)),
+        "the guard exited"
+    );
+
+    // The next kvfs mounts there at once, with no stale mount to clean.
+    let next = Mount::start(env.command(&m.path, &[]), m.path.clone());
+    assert_eq!(next.read("s").unwrap(), b"value");
+    assert!(!log_of(&next).contains("stale"), "{}", log_of(&next));
+}
+
+#[test]
+fn a_sandboxed_kvfs_killed_with_its_guard_leaves_a_stale_mount_the_next_one_cleans() {
     require_root();
     let env = TestEnv::start();
     env.vault().set_secret("s", "value");
     let mut first = env.mount(&[]);
     assert_confined(&first);
     assert_eq!(first.read("s").unwrap(), b"value");
+    // The guard first (as a node's OOM killer or `kill -9 -PGID` could), then kvfs.
+    let guard = guard_of(first.pid());
+    // SAFETY: kill(2) of the guard found above, a child of the kvfs this test started.
+    assert_eq!(unsafe { libc::kill(guard, libc::SIGKILL) }, 0);
+    assert!(eventually(Duration::from_secs(5), || process_gone(guard)));
     let mut child = first.child.take().expect("running");
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
-    assert!(is_mounted(&first.path), "a killed kvfs leaves its mount");
+    assert!(
+        is_mounted(&first.path),
+        "kvfs and guard killed leave the mount"
+    );
+    let stale = std::fs::read_dir(&first.path).expect_err("stale");
+    assert_eq!(stale.raw_os_error(), Some(libc::ENOTCONN));
 
     let second = Mount::start(env.command(&first.path, &[]), first.path.clone());
     assert_eq!(second.read("s").unwrap(), b"value");
@@ -269,7 +434,13 @@ fn no_sandbox_keeps_every_capability_and_no_filter() {
         assert_eq!(t.seccomp, 0, "Seccomp of {t:?}");
     }
     assert!(log_of(&m).contains("--no-sandbox"), "{}", log_of(&m));
+    assert!(!log_of(&m).contains("landlock:"), "{}", log_of(&m));
+    // The guard still unmounts, unconfined too.
+    let guard = guard_of(m.pid());
+    let status = std::fs::read_to_string(format!("/proc/{guard}/status")).expect("guard");
+    assert_eq!(field(&status, "Seccomp"), "0", "{status}");
     assert!(m.terminate().success());
+    assert!(!is_mounted(&m.path));
 
     // The environment variable too.
     let path = env.mountpoint("env");

@@ -228,9 +228,10 @@ impl Relay {
     /// alive (should the successor die, its readers get ENOTCONN rather than wait on a process
     /// that will never answer). The relay must be paused.
     pub fn abandon(&self) -> io::Result<()> {
+        // Read-only: Landlock lets kvfs open nothing for writing.
         let null = nix::fcntl::open(
             "/dev/null",
-            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )?;
         // SAFETY: dup3 onto a descriptor this relay owns; no thread uses it while paused, and

@@ -3,7 +3,7 @@
 
 use url::Url;
 
-use super::{Plan, RunError, Signals, runtime, serve, stop};
+use super::{Plan, RunError, Signals, runtime, serve, spawn_guard, stop};
 use crate::auth::{AuthConfig, AuthMode};
 use crate::cli::{DemoArgs, EmulatorArgs, NetworkArgs};
 use crate::emulator::{Emulator, EmulatorConfig};
@@ -30,16 +30,21 @@ pub fn demo(args: DemoArgs) -> Result<(), RunError> {
             reason: format!("cannot create it: {e}"),
         });
     }
+    let guard = spawn_guard(&args.mountpoint, !args.options.no_sandbox)?;
     let runtime = runtime()?;
     let state = tempfile::Builder::new()
         .prefix("kvfs-demo-")
         .tempdir()
         .map_err(|e| RunError::Emulator(format!("cannot create a state directory: {e}")))?;
+    // Removed at exit, under the sandbox: its files, not the (empty) directory itself, whose
+    // removal would need a right over all of the temporary directory.
+    crate::sandbox::writable_beneath(state.path());
     let emulator = runtime
         .block_on(Emulator::start(EmulatorConfig::new(state.path())))
         .map_err(|e| RunError::Emulator(e.to_string()))?;
     emulator.vault().load_samples();
     let plan = Plan {
+        guard,
         mountpoint: args.mountpoint,
         vault_url: Url::parse(&emulator.vault_url())
             .map_err(|e| RunError::Emulator(e.to_string()))?,

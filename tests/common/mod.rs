@@ -182,6 +182,40 @@ pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::E
     }
 }
 
+/// SIGKILLs kvfs's unmount guard, then kvfs, as `kill -9` of the whole process group or an
+/// OOM kill of both could: only then is the mount left stale (a killed kvfs alone is
+/// unmounted by its guard). Reaps kvfs.
+pub fn kill_with_guard(child: &mut Child) {
+    let kvfs = child.id().to_string();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let is_guard = status.lines().any(|l| l == "Name:\tkvfs-unmount")
+            && status
+                .lines()
+                .any(|l| l.strip_prefix("PPid:").map(str::trim) == Some(kvfs.as_str()));
+        if is_guard {
+            // SAFETY: kill(2) of the guard of the kvfs this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            assert!(
+                eventually(Duration::from_secs(5), || {
+                    std::fs::read_to_string(entry.path().join("status"))
+                        .map_or(true, |s| s.contains("State:\tZ"))
+                }),
+                "the guard {pid} did not die"
+            );
+        }
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+}
+
 pub fn is_mounted(path: &Path) -> bool {
     kvfs::testing::is_mounted(path)
 }
