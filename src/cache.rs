@@ -452,7 +452,11 @@ impl SecretCache {
             };
             // What kvfs serves: the cached copy, else the version the kernel holds.
             let known = cached.as_ref().map_or(held, |f| &f.secret.properties);
-            let ambiguous = cached.as_ref().is_some_and(|f| {
+            // Key Vault's `updated` has whole seconds: two versions of one second look alike.
+            // A copy fetched within that second is checked by version; so is a version the
+            // kernel holds that the cache does not (evicted, or taken over from a predecessor
+            // kvfs), once: the fetch caches it.
+            let ambiguous = cached.as_ref().is_none_or(|f| {
                 f.secret.properties.updated.is_none_or(|u| {
                     f.fetched_wall.duration_since(u).unwrap_or_default() < SAME_SECOND_WINDOW
                 })

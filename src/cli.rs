@@ -275,6 +275,11 @@ pub struct MountOptions {
     )]
     pub control_socket: Option<PathBuf>,
 
+    /// Serve /dev/fuse through fuser directly, without the relay that lets a new kvfs take the
+    /// connection over: no live upgrades (a restart unmounts), one hop less per request.
+    #[arg(long, env = "KVFS_NO_HANDOFF", help_heading = "Mount", conflicts_with_all = ["control_socket", "systemd_fd_store", "linger_after_handoff"])]
+    pub no_handoff: bool,
+
     /// Under systemd, keep the FUSE connection in the service's file descriptor store, so that
     /// `systemctl restart` hands it to the next kvfs (needs `FileDescriptorStoreMax=` in the
     /// unit; on by itself where systemd sets FDSTORE, from systemd 254).

@@ -197,7 +197,10 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     // this kvfs is ready to serve, so that its readers wait as briefly as possible.
     let control = control_socket(&plan);
     // Under systemd, `systemctl restart` leaves the connection in the service's fd store.
-    let stored = handoff::from_store()
+    let stored = (!o.no_handoff)
+        .then(handoff::from_store)
+        .transpose()
+        .map(Option::flatten)
         .map_err(|e| RunError::Takeover(format!("the state in systemd's fd store: {e}")))?;
     let may_take_over = stored.is_some() || control.as_deref().is_some_and(Path::exists);
     if !may_take_over {
@@ -312,9 +315,13 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             (session, Some(relay), Some((takeover, predecessor)))
         }
         None => {
-            match handoff::mount_device(&plan.mountpoint, &fsname, config.acl != SessionACL::Owner)
-                .map_err(mount_error)?
-            {
+            let device = if o.no_handoff {
+                None
+            } else {
+                handoff::mount_device(&plan.mountpoint, &fsname, config.acl != SessionACL::Owner)
+                    .map_err(mount_error)?
+            };
+            match device {
                 Some(device) => {
                     let (relay, theirs) =
                         Relay::start(device, None, threads, false).map_err(mount_error)?;
@@ -530,7 +537,7 @@ fn start_metrics(runtime: &tokio::runtime::Runtime, plan: &Plan) -> Result<(), R
 /// /run/kvfs. Only root mounts can be handed over (the mount is made with the device kvfs
 /// holds).
 fn control_socket(plan: &Plan) -> Option<PathBuf> {
-    if !nix::unistd::geteuid().is_root() {
+    if !nix::unistd::geteuid().is_root() || plan.options.no_handoff {
         return None;
     }
     plan.options

@@ -165,8 +165,7 @@ fn well_formed(i: usize, bytes: &[u8]) -> bool {
 fn waiting(path: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata(path).ok()?.dev();
-    // SAFETY: minor() is a pure computation on the device number.
-    let minor = unsafe { libc::minor(dev) };
+    let minor = libc::minor(dev);
     let file = format!("/sys/fs/fuse/connections/{minor}/waiting");
     if !Path::new("/sys/fs/fuse/connections/")
         .join(minor.to_string())
@@ -231,7 +230,7 @@ fn consumers(
             while !stop.load(Relaxed) {
                 seen.time("ls", || {
                     let n = std::fs::read_dir(mnt).map_err(|e| e.to_string())?.count();
-                    if n != SECRETS + 1 {
+                    if n != SECRETS {
                         return Err(format!("ls listed {n} entries"));
                     }
                     Ok(())
@@ -335,11 +334,16 @@ fn thirty_takeovers_under_load_and_no_consumer_notices() {
             {
                 drains.push(Duration::from_micros(us));
             }
-            current = Mount {
-                path: mnt.clone(),
-                log_path: log,
-                child: Some(child),
-            };
+            let old = std::mem::replace(
+                &mut current,
+                Mount {
+                    path: mnt.clone(),
+                    log_path: log,
+                    child: Some(child),
+                },
+            );
+            // Not dropped: a `Mount`'s drop unmounts its path, which the new kvfs serves.
+            std::mem::forget(old);
         }
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, Relaxed);
@@ -464,45 +468,39 @@ fn start_with_listen_fds(
     log: &Path,
 ) -> Child {
     use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-    let high = |fd: &std::os::fd::OwnedFd| {
-        // SAFETY: F_DUPFD_CLOEXEC on a valid descriptor; the copy is closed at exec.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) }
+    // Inheritable copies at fixed numbers; the shell moves them to 3 and 4.
+    let inheritable = |fd: &std::os::fd::OwnedFd, at: i32| {
+        // SAFETY: dup2 of a valid descriptor onto a number this test owns, closed below.
+        let rc = unsafe { libc::dup2(fd.as_raw_fd(), at) };
+        assert_eq!(rc, at, "dup2");
     };
-    let (dev, st) = (high(device), high(state));
+    inheritable(device, 200);
+    inheritable(state, 201);
     let kvfs = env!("CARGO_BIN_EXE_kvfs");
-    let mut cmd = std::process::Command::new("sh");
+    // bash: dash takes no descriptor number above 9.
+    let mut cmd = std::process::Command::new("bash");
     kvfs::testing::scrub_env(&mut cmd);
     cmd.env(
         "KVFS_LOG",
         "debug,azure_core=info,typespec_client_core=info,hyper=info,rustls=info,reqwest=info",
     );
     cmd.arg("-c")
-        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+        .arg("exec 3<&200 4<&201 200<&- 201<&-; LISTEN_PID=$$ exec \"$0\" \"$@\"")
         .arg(kvfs)
         .arg("mount")
         .arg(mnt)
         .args(env.kvfs_args())
-        .args(["--systemd-fd-store"])
+        .args(["--systemd-fd-store", "--cache-ttl", "1s"])
         .env("NOTIFY_SOCKET", notify)
         .env("LISTEN_FDS", "2")
         .env("LISTEN_FDNAMES", "kvfs-fuse:kvfs-state")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).expect("log"));
-    // SAFETY: only dup2, which is async-signal-safe, between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(dev, 3) < 0 || libc::dup2(st, 4) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let child = cmd.spawn().expect("spawn");
-    // SAFETY: closing this process's own copies, made above.
+    // SAFETY: closing this test's own copies, made above.
     unsafe {
-        libc::close(dev);
-        libc::close(st);
+        libc::close(200);
+        libc::close(201);
     }
     child
 }
@@ -515,7 +513,7 @@ fn systemctl_restart_keeps_the_connection_through_the_fd_store() {
     let manager = ServiceManager::bind(env.dir.path());
     let mnt = env.mountpoint("mnt");
     let mut first = {
-        let mut cmd = env.command(&mnt, &["--systemd-fd-store"]);
+        let mut cmd = env.command(&mnt, &["--systemd-fd-store", "--cache-ttl", "1s"]);
         cmd.env("NOTIFY_SOCKET", &manager.path);
         Mount::start(cmd, mnt.clone())
     };
@@ -525,7 +523,19 @@ fn systemctl_restart_keeps_the_connection_through_the_fd_store() {
         .next()
         .expect("the FUSE device with FDSTORE=1");
     manager.wait_for("READY=1", Duration::from_secs(30));
-    let held = std::fs::File::open(first.file("db-password")).expect("open");
+    // The held file lives in another process: a file of the test's own would be closed (a
+    // FLUSH to the mount) by every exec the test makes, the second kvfs's included, which
+    // would then wait on the very kvfs it is.
+    let mut holder = std::process::Command::new("bash")
+        .args(["-c", "exec 5<\"$0\"; exec sleep 600"])
+        .arg(first.file("db-password"))
+        .spawn()
+        .expect("holder");
+    let held = PathBuf::from(format!("/proc/{}/fd/5", holder.id()));
+    assert!(
+        common::eventually(Duration::from_secs(5), || held.exists()),
+        "the holder opened the file"
+    );
     env.vault().set_secret("db-password", "v2-bytes-longer");
 
     // `systemctl restart`: SIGTERM; kvfs leaves its state in the store and exits 0 mounted.
@@ -567,22 +577,25 @@ fn systemctl_restart_keeps_the_connection_through_the_fd_store() {
     println!(
         "HANDOFF systemd restart: a read issued between the instances waited {waited:?}; {ready:?}"
     );
-    let mut buf = vec![0u8; 64];
-    let n = std::os::unix::fs::FileExt::read_at(&held, &mut buf, 0).expect("held file reads");
     assert_eq!(
-        &buf[..n],
+        std::fs::read(&held).expect("the held file reads"),
         b"v1-bytes",
         "the held descriptor keeps its version"
     );
-    assert_eq!(
-        second.read("db-password").expect("read"),
-        b"v2-bytes-longer"
+    // The rotation made before the restart reaches new opens within the cache TTL, through
+    // the new kvfs's refresh of the inodes it took over.
+    assert!(
+        common::eventually(Duration::from_secs(10), || second
+            .read("db-password")
+            .is_ok_and(|v| v == b"v2-bytes-longer")),
+        "the rotation reached new opens"
     );
     assert_eq!(mounts_at(&mnt), 1);
     assert_eq!(waiting(&mnt), Some(0));
     let said = std::fs::read_to_string(&second.log_path).unwrap_or_default();
     assert!(said.contains("taking the mount over"), "{said}");
-    drop(held);
+    let _ = holder.kill();
+    let _ = holder.wait();
 
     // A plain stop: systemd drops the stored descriptors and the unit's ExecStopPost unmounts.
     let status = second.terminate();

@@ -73,8 +73,9 @@ struct Cli {
 type Scenario = fn(&Ctx, &mut Report) -> Result<()>;
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [(&str, Scenario); 5] = [
+const SCENARIOS: [(&str, Scenario); 6] = [
     ("files", files::main_vault),
+    ("relay", files::relay),
     ("listing", files::large_listing),
     ("cold", cold::run),
     ("pods", pods::run),

@@ -368,3 +368,122 @@ pub fn large_listing(ctx: &Ctx, report: &mut Report) -> Result<()> {
     ctx.shutdown(emu);
     Ok(())
 }
+
+/// The relay's cost: the same vault through two kvfs mounts, one serving /dev/fuse through the
+/// relay that makes live handoff possible (the default), one through fuser directly
+/// (`--no-handoff`). Rows whose operations reach kvfs (an opendir, a lookup answered locally, a
+/// cold read) show the extra hop; cached reads and stats send no message at all.
+pub fn relay(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let plan = &ctx.plan;
+    let n = plan.files;
+    let names: Vec<String> = (0..n).map(|i| format!("s-{i:04}")).collect();
+    let lens: Vec<usize> = (0..n).map(|i| content::spread_size(i, n)).collect();
+    let emu = ctx.emulator("relay")?;
+    for (i, name) in names.iter().enumerate() {
+        emu.vault()
+            .set_secret(name, &content::value(i as u64, lens[i]));
+    }
+    let cold_budget = Budget {
+        time: plan.cat.time,
+        max_ops: plan.cold_samples as u64,
+        warmup_ops: 2,
+    };
+    // Every cold read takes a name never read before, on either side.
+    let cold_total = 2 * (plan.cold_samples + 2 * plan.rounds as usize + 4);
+    for i in 0..cold_total {
+        emu.vault().set_secret(&format!("c-{i:05}"), "cold-value");
+    }
+    let cap = &["--cache-capacity", CACHE_CAPACITY];
+    let relayed = ctx.mount(&emu, "kvfs-relayed", cap)?;
+    let direct = ctx.mount(
+        &emu,
+        "kvfs-direct",
+        &["--cache-capacity", CACHE_CAPACITY, "--no-handoff"],
+    )?;
+    let (r, d) = (relayed.path.clone(), direct.path.clone());
+    let bad = differing(&r, &d, &names);
+    report.check(
+        format!("relayed kvfs bytes == direct kvfs bytes ({n} files)"),
+        bad.is_empty(),
+        if bad.is_empty() {
+            format!("{n} files identical")
+        } else {
+            first_few(&bad)
+        },
+    );
+    let (rd, dd) = both(&r, &d, plan.row, plan.rounds, |root, b| {
+        stat_row(root, &names, &lens, b)
+    })?;
+    report.rows.push(
+        Row::new(
+            "relay_stat",
+            format!("stat, {n} cached names: relayed vs direct"),
+            Some("no relay"),
+        )
+        .dists(rd, Some(dd)),
+    );
+    let (rd, dd) = both(&r, &d, plan.readdir_small, plan.rounds, |root, b| {
+        readdir_row(root, n, b)
+    })?;
+    report.rows.push(
+        Row::new(
+            "relay_readdir",
+            format!("readdir, {n} entries: relayed vs direct"),
+            Some("no relay"),
+        )
+        .dists(rd, Some(dd)),
+    );
+    // A name no vault can hold is answered by kvfs without a request: one kernel round trip.
+    let fresh = AtomicU64::new(0);
+    let (rd, dd) = both(&r, &d, plan.row, plan.rounds, |root, b| {
+        measure::run(1, b, |_| {
+            let fresh = &fresh;
+            move |_| {
+                let path = root.join(format!("no_such_{}", fresh.fetch_add(1, Relaxed)));
+                match std::fs::metadata(&path) {
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+                    other => Err(Error(format!("{}: {other:?}", path.display()))),
+                }
+            }
+        })
+    })?;
+    report.rows.push(
+        Row::new(
+            "relay_lookup",
+            "lookup answered by kvfs (ENOENT, no request): relayed vs direct".to_owned(),
+            Some("no relay"),
+        )
+        .dists(rd, Some(dd)),
+    );
+    let next_cold = AtomicU64::new(0);
+    let (rd, dd) = both(&r, &d, cold_budget, plan.rounds, |root, b| {
+        measure::run(1, b, |_| {
+            let next_cold = &next_cold;
+            move |_| {
+                let i = next_cold.fetch_add(1, Relaxed);
+                if i as usize >= cold_total {
+                    return Err(Error("out of cold names".into()));
+                }
+                let path = root.join(format!("c-{i:05}"));
+                let bytes = std::fs::read(&path).context(format!("read {}", path.display()))?;
+                if bytes != b"cold-value" {
+                    return Err(Error(format!("{}: wrong bytes", path.display())));
+                }
+                Ok(())
+            }
+        })
+    })?;
+    report.rows.push(
+        Row::new(
+            "relay_cold",
+            "cold read (lookup, 1 GET, read): relayed vs direct".to_owned(),
+            Some("no relay"),
+        )
+        .dists(rd, Some(dd)),
+    );
+    ctx.stop(report, relayed, "relayed")?;
+    ctx.stop(report, direct, "direct")?;
+    ctx.shutdown(emu);
+    Ok(())
+}
