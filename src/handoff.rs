@@ -227,6 +227,25 @@ pub struct Takeover {
     pub device: OwnedFd,
 }
 
+/// Connects to `path`. While the mountpoint is `mounted` (a FUSE mount), a refused connection
+/// is retried for a second: a kvfs that has just taken the mount over binds its own socket
+/// right after, and its predecessor's socket refuses until then.
+fn connect(path: &Path, mounted: bool) -> io::Result<UnixStream> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        match UnixStream::connect(path) {
+            Err(e)
+                if mounted
+                    && e.kind() == io::ErrorKind::ConnectionRefused
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Why a takeover did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum TakeoverError {
@@ -240,6 +259,7 @@ pub enum TakeoverError {
 /// none listens there (no kvfs, or one that exited).
 pub fn take_over(
     path: &Path,
+    mounted: bool,
     settings: Settings,
     wait: Duration,
 ) -> Result<Option<Takeover>, TakeoverError> {
@@ -247,7 +267,7 @@ pub fn take_over(
         socket: path.to_owned(),
         error,
     };
-    let mut stream = match UnixStream::connect(path) {
+    let mut stream = match connect(path, mounted) {
         Ok(stream) => stream,
         Err(e)
             if matches!(

@@ -86,15 +86,26 @@ fn filter_for(startup: &str, step: usize) -> &str {
 
 /// Applies SIGUSR1 (one step more verbose) and SIGUSR2 (back to the startup filter) for the
 /// life of the process. Without signal handlers, verbosity simply stays.
-pub async fn follow_signals() {
+/// The handlers are installed when this is called (inside the runtime), not when the returned
+/// future first runs: a SIGUSR1 arriving in between would otherwise end the process.
+pub fn follow_signals() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut up), Ok(mut reset)) = (
+    let handlers = (
         signal(SignalKind::user_defined1()),
         signal(SignalKind::user_defined2()),
-    ) else {
-        tracing::warn!("cannot handle SIGUSR1/SIGUSR2: log verbosity cannot change at run time");
-        return;
-    };
+    );
+    async move {
+        let (Ok(up), Ok(reset)) = handlers else {
+            tracing::warn!(
+                "cannot handle SIGUSR1/SIGUSR2: log verbosity cannot change at run time"
+            );
+            return;
+        };
+        follow(up, reset).await;
+    }
+}
+
+async fn follow(mut up: tokio::signal::unix::Signal, mut reset: tokio::signal::unix::Signal) {
     loop {
         let raise = tokio::select! {
             _ = up.recv() => true,

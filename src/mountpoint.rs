@@ -84,6 +84,12 @@ struct MountEntry {
     fstype: String,
 }
 
+/// Whether a kvfs mount (FUSE, source `kvfs:...`) is on exactly `path`: read from
+/// /proc/self/mountinfo, never from the mount itself (which may be between two servers).
+pub fn kvfs_mounted_at(path: &Path) -> bool {
+    mounted_at(path).is_some_and(|m| m.fstype.starts_with("fuse") && m.source.starts_with("kvfs:"))
+}
+
 /// The mount on exactly `path`, if any (this process's mount namespace).
 fn mounted_at(path: &Path) -> Option<MountEntry> {
     let wanted = std::fs::canonicalize(path).ok()?;

@@ -272,6 +272,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     // never kill kvfs with the connection in its hands.
     let mut signals = {
         let _runtime = runtime.enter();
+        runtime.spawn(crate::logs::follow_signals());
         Signals::new()
     };
     let takeover = match (&control, may_take_over) {
@@ -279,7 +280,8 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         (Some(path), true) => {
             // The serving kvfs drains for up to its request timeout before it answers.
             let wait = 2 * o.request_timeout + Duration::from_secs(10);
-            let takeover = handoff::take_over(path, settings.clone(), wait)
+            let mounted = crate::mountpoint::kvfs_mounted_at(&plan.mountpoint);
+            let takeover = handoff::take_over(path, mounted, settings.clone(), wait)
                 .map_err(|e| RunError::Takeover(e.to_string()))?;
             if takeover.is_none() {
                 // A socket left by a kvfs that is gone: mount as usual.
@@ -349,7 +351,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     // alive. After the lazy detach below, that path may already hold a new kvfs's mount, so
     // the session is never dropped: the process exits instead, which closes /dev/fuse.
     let session = ManuallyDrop::new(session.spawn().map_err(mount_error)?);
-    if let Some((takeover, predecessor)) = predecessor {
+    let predecessor = if let Some((takeover, predecessor)) = predecessor {
         takeover
             .confirm()
             .map_err(|e| RunError::Takeover(format!("the serving kvfs did not let go: {e}")))?;
@@ -357,6 +359,32 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             relay.resume();
         }
         tracing::info!(predecessor, "took the mount over; serving");
+        Some(predecessor)
+    } else {
+        None
+    };
+    // At once: the next kvfs started on this mountpoint must find this one's socket.
+    let handed_over = match (&relay, &control) {
+        (Some(relay), Some(path)) => handoff::offer_on(
+            path,
+            settings,
+            fs.clone(),
+            relay.clone(),
+            o.request_timeout + Duration::from_secs(2),
+        )
+        .inspect(|_| {
+            // Removed at shutdown, under the sandbox.
+            if let Some(dir) = path.parent() {
+                crate::sandbox::removable_in(dir);
+            }
+        })
+        .inspect_err(|e| {
+            tracing::warn!(socket = %path.display(), error = %e, "no control socket: upgrades will restart the mount");
+        })
+        .ok(),
+        _ => None,
+    };
+    if let Some(predecessor) = predecessor {
         wait_for_exit(predecessor, Duration::from_secs(5));
         start_metrics(runtime, &plan)?;
     }
@@ -378,7 +406,6 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         refresh::run(refreshed.clone(), period)
     }));
     let token_keeper = runtime.spawn(refresh::keep_token_warm(credential, o.request_timeout));
-    runtime.spawn(crate::logs::follow_signals());
     let status = format!(
         "serving {} on {}",
         plan.vault_url,
@@ -389,26 +416,6 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         let _ = plan.guard.detach();
         mount_error(e)
     })?;
-    let handed_over = match (&relay, &control) {
-        (Some(relay), Some(path)) => handoff::offer_on(
-            path,
-            settings,
-            fs.clone(),
-            relay.clone(),
-            o.request_timeout + Duration::from_secs(2),
-        )
-        .inspect(|_| {
-            // Removed at shutdown, under the sandbox.
-            if let Some(dir) = path.parent() {
-                crate::sandbox::removable_in(dir);
-            }
-        })
-        .inspect_err(|e| {
-            tracing::warn!(socket = %path.display(), error = %e, "no control socket: upgrades will restart the mount");
-        })
-        .ok(),
-        _ => None,
-    };
     let handed_over_offered = handed_over.is_some();
     let handed_over = async {
         match handed_over {

@@ -305,8 +305,17 @@ fn thirty_takeovers_under_load_and_no_consumer_notices() {
     let stop = AtomicBool::new(false);
     let mut drains = Vec::new();
     let mut takeover_times = Vec::new();
+    /// Stops the consumers however the takeover loop ends, a failed assertion included
+    /// (else the scope would wait on them for ever).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Relaxed);
+        }
+    }
     let seen = std::thread::scope(|scope| {
         let load = scope.spawn(|| consumers(&mnt, &stop, &versions_of_s02));
+        let _stop = StopOnDrop(&stop);
         for n in 0..TAKEOVERS {
             std::thread::sleep(Duration::from_millis(150));
             // Rotations at the vault between takeovers: the refresh runs on both sides.
