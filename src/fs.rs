@@ -638,12 +638,11 @@ impl SecretFs {
         }
         drop(guard);
         for pinned in self.handles().values_mut() {
-            if let Some(p) = pinned.properties() {
-                if p.name.key() == name_key
-                    && version.is_none_or(|v| p.version.as_deref() == Some(v))
-                {
-                    *pinned = Pinned::Revoked(why);
-                }
+            if let Some(p) = pinned.properties()
+                && p.name.key() == name_key
+                && version.is_none_or(|v| p.version.as_deref() == Some(v))
+            {
+                *pinned = Pinned::Revoked(why);
             }
         }
         revoked
