@@ -186,6 +186,11 @@ fn hand_over(
     if let Some(difference) = settings.difference(&hello.settings) {
         return Err(refuse(&mut stream, difference));
     }
+    tracing::info!(
+        successor = hello.pid,
+        unanswered = relay.unanswered(),
+        "takeover asked: draining"
+    );
     let drain = match relay.pause(drain_limit) {
         Ok(drain) => drain,
         Err(e) => return Err(refuse(&mut stream, format!("cannot hand over now: {e}"))),

@@ -613,3 +613,101 @@ fn systemctl_restart_keeps_the_connection_through_the_fd_store() {
     kvfs::testing::unmount_leftover(&mnt);
     assert!(!common::is_mounted(&mnt));
 }
+
+/// The negative control: the same consumers across a plain restart (SIGTERM, then a new kvfs
+/// mounting afresh, as `--no-handoff` always does). They see errors: what the handoff spares
+/// them.
+#[test]
+fn a_plain_restart_breaks_the_same_consumers() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let env = TestEnv::start();
+    for i in 0..SECRETS {
+        env.vault().set_secret(&secret_name(i), &value_of(i, 1));
+    }
+    let versions_of_s02: Vec<String> = (1..=3)
+        .map(|v| env.vault().set_secret(&secret_name(2), &value_of(2, v)))
+        .collect();
+    let flags = ["--no-handoff", "--shutdown-grace", "1s"];
+    let mut current = env.mount(&flags);
+    let mnt = current.path.clone();
+    let stop = AtomicBool::new(false);
+    let seen = std::thread::scope(|scope| {
+        let load = scope.spawn(|| consumers(&mnt, &stop, &versions_of_s02));
+        std::thread::sleep(Duration::from_millis(300));
+        let status = current.terminate();
+        assert!(status.success(), "{status}");
+        let next = Mount::start(env.command(&mnt, &flags), mnt.clone());
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Relaxed);
+        let seen = load.join().expect("consumers");
+        drop(next);
+        seen
+    });
+    let mut errors = 0;
+    for (name, s) in &seen {
+        println!(
+            "HANDOFF control (plain restart) {name}: {} operations, {} errors, first: {:?}",
+            s.ops,
+            s.errors.len(),
+            s.errors.first()
+        );
+        errors += s.errors.len();
+    }
+    assert!(errors > 0, "a plain restart is visible to consumers");
+}
+
+/// The other negative control: the serving kvfs is killed (SIGKILL) while it drains for a
+/// successor, a request still unanswered. Documented outcome: a crash. The old kvfs's unmount
+/// guard detaches the mount; the successor, which never got the connection, says so and exits
+/// 1; the request in flight and held files fail; a new kvfs then mounts afresh.
+#[test]
+fn kill_9_during_a_drain_is_a_crash_and_the_next_kvfs_mounts_afresh() {
+    let env = TestEnv::start();
+    env.vault().set_secret("held", "held-value");
+    env.vault().set_secret("slow", "slow-value");
+    let mut first = env.mount(&[]);
+    let held = std::fs::File::open(first.file("held")).expect("open held");
+    // Every Key Vault answer now takes 3 s: a lookup of `slow` stays unanswered that long.
+    env.vault().set_service_latency(Duration::from_secs(3));
+    // The successor's startup check (one listing) takes those 3 s too; the lookup starts
+    // halfway, so that it is still unanswered when the successor asks.
+    let (mut child, log) = successor(&env, &first, &[], "next.log");
+    std::thread::sleep(Duration::from_millis(1500));
+    let slow_path = first.file("slow");
+    let in_flight = std::thread::spawn(move || std::fs::read(slow_path));
+    let first_log = first.log_path.clone();
+    assert!(
+        common::eventually(Duration::from_secs(20), || std::fs::read_to_string(
+            &first_log
+        )
+        .unwrap_or_default()
+        .contains("takeover asked: draining")),
+        "the drain did not start"
+    );
+    let mut old = first.child.take().expect("running");
+    old.kill().expect("SIGKILL");
+    old.wait().expect("reaped");
+    let status = wait_with_deadline(&mut child, Duration::from_secs(30));
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "the successor cannot serve: {said}");
+    let in_flight = in_flight.join().expect("reader");
+    let mut buf = [0u8; 16];
+    let held_read = std::os::unix::fs::FileExt::read_at(&held, &mut buf, 0);
+    assert!(
+        common::eventually(Duration::from_secs(5), || !common::is_mounted(&first.path)),
+        "the guard detached the mount"
+    );
+    println!(
+        "HANDOFF kill -9 during a drain: successor {status}: {}; request in flight: {:?}; held file: {:?}",
+        said.lines().last().unwrap_or_default(),
+        in_flight
+            .as_ref()
+            .map(|v| v.len())
+            .map_err(|e| e.raw_os_error()),
+        held_read.map_err(|e| e.raw_os_error()),
+    );
+    env.vault().set_service_latency(Duration::ZERO);
+    drop(held);
+    let again = Mount::start(env.command(&first.path, &[]), first.path.clone());
+    assert_eq!(again.read("held").expect("read"), b"held-value");
+}
