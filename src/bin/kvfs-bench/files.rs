@@ -413,6 +413,17 @@ pub fn relay(ctx: &Ctx, report: &mut Report) -> Result<()> {
         },
     );
     let (rd, dd) = both(&r, &d, plan.row, plan.rounds, |root, b| {
+        read_row(root, &names, &lens, 1, b)
+    })?;
+    report.rows.push(
+        Row::new(
+            "relay_read_rr",
+            format!("open+read+close, {n} files round robin: relayed vs direct"),
+            Some("no relay"),
+        )
+        .dists(rd, Some(dd)),
+    );
+    let (rd, dd) = both(&r, &d, plan.row, plan.rounds, |root, b| {
         stat_row(root, &names, &lens, b)
     })?;
     report.rows.push(
@@ -423,13 +434,14 @@ pub fn relay(ctx: &Ctx, report: &mut Report) -> Result<()> {
         )
         .dists(rd, Some(dd)),
     );
+    let listed = n + cold_total;
     let (rd, dd) = both(&r, &d, plan.readdir_small, plan.rounds, |root, b| {
-        readdir_row(root, n, b)
+        readdir_row(root, listed, b)
     })?;
     report.rows.push(
         Row::new(
             "relay_readdir",
-            format!("readdir, {n} entries: relayed vs direct"),
+            format!("readdir, {listed} entries: relayed vs direct"),
             Some("no relay"),
         )
         .dists(rd, Some(dd)),
