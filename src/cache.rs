@@ -266,6 +266,10 @@ struct State {
     outage_error: Option<StoreError>,
     /// When Key Vault last answered (anything but a transient failure).
     last_answer: Option<Instant>,
+    /// Names whose held version a predecessor kvfs handed over: checked by version at the
+    /// next refresh, since the listing's whole-second `updated` cannot tell two versions of
+    /// one second apart.
+    unverified: HashSet<String>,
 }
 
 impl State {
@@ -351,6 +355,7 @@ impl SecretCache {
             outage_backoff: OUTAGE_BACKOFF,
             outage_error: None,
             last_answer: None,
+            unverified: HashSet::new(),
         };
         Self {
             inner: Arc::new(Inner {
@@ -453,14 +458,14 @@ impl SecretCache {
             // What kvfs serves: the cached copy, else the version the kernel holds.
             let known = cached.as_ref().map_or(held, |f| &f.secret.properties);
             // Key Vault's `updated` has whole seconds: two versions of one second look alike.
-            // A copy fetched within that second is checked by version; so is a version the
-            // kernel holds that the cache does not (evicted, or taken over from a predecessor
-            // kvfs), once: the fetch caches it.
-            let ambiguous = cached.as_ref().is_none_or(|f| {
-                f.secret.properties.updated.is_none_or(|u| {
+            // A copy fetched within that second is checked by version; so is a version a
+            // predecessor kvfs handed over, once.
+            let ambiguous = match &cached {
+                Some(f) => f.secret.properties.updated.is_none_or(|u| {
                     f.fetched_wall.duration_since(u).unwrap_or_default() < SAME_SECOND_WINDOW
-                })
-            });
+                }),
+                None => inner.lock().unverified.remove(&name.key()),
+            };
             match find(&listing, &name.key()) {
                 Some(item) if item.enabled => {
                     if item.updated == known.updated && !ambiguous {
@@ -577,6 +582,15 @@ impl SecretCache {
     /// After a failed refresh: secrets in use past `max_stale` are dropped and reported gone,
     /// so that the kernel asks again and the reader gets the error instead of an old value.
     /// Those past their TTL are logged as served stale (once per copy).
+    /// Names whose held versions came from a predecessor kvfs: the next refresh checks each
+    /// by version once.
+    pub fn mark_unverified(&self, names: impl IntoIterator<Item = SecretName>) {
+        self.inner
+            .lock()
+            .unverified
+            .extend(names.into_iter().map(|n| n.key()));
+    }
+
     pub fn outage(&self, in_use: &[SecretProperties]) -> Vec<Change> {
         let now = Instant::now();
         let config = self.inner.config;

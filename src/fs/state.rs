@@ -127,7 +127,11 @@ impl SecretFs {
             next: state.next_ino.max(FIRST_DYNAMIC),
             ..Inodes::default()
         };
+        let mut handed_over = Vec::new();
         for node in state.nodes {
+            if let NodeState::File { properties, .. } = &node {
+                handed_over.push(properties.name.clone());
+            }
             let (ino, node) = match node {
                 NodeState::File {
                     ino,
@@ -170,6 +174,7 @@ impl SecretFs {
         }
         *inodes = restored;
         drop(inodes);
+        self.cache.mark_unverified(handed_over);
         let mut handles = self.handles();
         for (handle, pinned) in state.handles {
             handles.insert(
