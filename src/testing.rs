@@ -83,6 +83,21 @@ pub fn terminate(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     None
 }
 
+/// Waits up to `limit` for `child` to exit by itself; then kills it. `None` when it had to be
+/// killed.
+pub fn terminate_after(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 /// Detaches whatever is still mounted on `path` (a kvfs that was killed leaves its mount).
 pub fn unmount_leftover(path: &Path) {
     if is_mounted(path) {
