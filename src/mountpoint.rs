@@ -32,6 +32,34 @@ pub enum MountpointError {
     Io(io::Error),
 }
 
+/// `f_type` of every FUSE filesystem (linux/magic.h).
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Ok when a live FUSE filesystem answers a statfs of `path`. A dead mount fails it
+/// (ENOTCONN) though its stat may still succeed from the kernel's cache; the statfs of a live
+/// kvfs reaches its FUSE threads and costs no Key Vault request. Blocks while the mount does.
+pub fn fuse_statfs(path: &Path) -> io::Result<()> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a valid NUL-terminated path and a zeroed statfs buffer that the call fills.
+    let f_type = unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        if libc::statfs(c_path.as_ptr(), &mut buf) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        buf.f_type
+    };
+    // f_type is an i64 here, an i32 on some targets.
+    #[allow(clippy::useless_conversion)]
+    if i64::from(f_type) == FUSE_SUPER_MAGIC {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{} is not a FUSE mount (filesystem type {f_type:#x})",
+            path.display()
+        )))
+    }
+}
+
 /// Makes `path` ready to mount on: detaches a stale kvfs mount, refuses a live one.
 pub fn prepare(path: &Path) -> Result<(), MountpointError> {
     // Listing, not stat: the kernel may answer a stat of a dead mount from its attribute cache.
@@ -218,6 +246,15 @@ impl Drop for PidFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_directory_is_not_an_answering_mount() {
+        let dir = std::env::temp_dir();
+        let err = fuse_statfs(&dir).unwrap_err();
+        assert!(err.to_string().contains("not a FUSE mount"), "{err}");
+        let missing = fuse_statfs(Path::new("/nonexistent/kvfs")).unwrap_err();
+        assert_eq!(missing.raw_os_error(), Some(libc::ENOENT));
+    }
 
     #[test]
     fn mountinfo_escapes_are_undone() {

@@ -16,9 +16,6 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-/// `f_type` of every FUSE mount (linux/magic.h).
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-
 /// The mount is announced: call `stopping` when shutdown starts.
 pub struct Readiness {
     stopping: Arc<AtomicBool>,
@@ -105,31 +102,9 @@ async fn watchdog(mountpoint: PathBuf, timeout: Duration, stopping: Arc<AtomicBo
 /// statfs of `path`, on a blocking thread (it waits for the FUSE session): Ok when a FUSE
 /// filesystem answered.
 async fn probe(path: PathBuf) -> io::Result<()> {
-    tokio::task::spawn_blocking(move || fuse_statfs(&path))
+    tokio::task::spawn_blocking(move || crate::mountpoint::fuse_statfs(&path))
         .await
         .map_err(io::Error::other)?
-}
-
-fn fuse_statfs(path: &Path) -> io::Result<()> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: a valid NUL-terminated path and a zeroed statfs buffer that the call fills.
-    let f_type = unsafe {
-        let mut buf: libc::statfs = std::mem::zeroed();
-        if libc::statfs(c_path.as_ptr(), &mut buf) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        buf.f_type
-    };
-    // f_type is an i64 here, an i32 on some targets.
-    #[allow(clippy::useless_conversion)]
-    if i64::from(f_type) == FUSE_SUPER_MAGIC {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "{} is not a FUSE mount (filesystem type {f_type:#x})",
-            path.display()
-        )))
-    }
 }
 
 /// A failed message is logged, never fatal: the service manager may be gone, or (the fstab
@@ -137,19 +112,5 @@ fn fuse_statfs(path: &Path) -> io::Result<()> {
 fn send(states: &[NotifyState], what: &str) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::debug!(error = %e, "cannot send {what} to NOTIFY_SOCKET");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_plain_directory_is_not_an_answering_mount() {
-        let dir = std::env::temp_dir();
-        let err = fuse_statfs(&dir).unwrap_err();
-        assert!(err.to_string().contains("not a FUSE mount"), "{err}");
-        let missing = fuse_statfs(Path::new("/nonexistent/kvfs")).unwrap_err();
-        assert_eq!(missing.raw_os_error(), Some(libc::ENOENT));
     }
 }

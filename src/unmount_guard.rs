@@ -10,12 +10,15 @@
 //!
 //! The protocol, one byte at a time over a socketpair:
 //! - `A` (armed): the mount is up. Before it, the guard never unmounts anything: the path may
-//!   hold another kvfs's mount (a refused start).
+//!   hold another kvfs's mount (a refused start). The guard notes which mount the path holds
+//!   now (its mount id, by statx without asking kvfs anything).
 //! - `D` (detach): `umount2(MNT_DETACH)` now, falling back to `fusermount3 -u -z` on EPERM (a
 //!   user's mount); EINVAL (nothing mounted there any more) counts as done. The guard answers
 //!   with the errno as 4 bytes (0 = detached) and exits.
 //! - `R` (release): exit without unmounting (a successor process takes the live mount over).
-//! - End of file without `D` or `R` (kvfs died, even by SIGKILL): detach lazily if armed, exit.
+//! - End of file without `D` or `R` (kvfs died, even by SIGKILL): detach lazily if armed and
+//!   the path still holds the mount noted at `A`, exit. A mount some other process put there
+//!   meanwhile (a new kvfs that cleared the dead mount first) is left alone.
 //!
 //! The guard holds no file descriptor but its end of the socketpair and stderr (stdin and
 //! stdout become /dev/null): it is forked before the mount, so never holds /dev/fuse. The
@@ -237,6 +240,7 @@ fn guard_syscalls() -> Vec<i64> {
         libc::SYS_write,
         libc::SYS_close,
         libc::SYS_umount2,
+        libc::SYS_statx,
         libc::SYS_exit,
         libc::SYS_exit_group,
         libc::SYS_rt_sigreturn,
@@ -310,7 +314,8 @@ fn child_main(plan: &ChildPlan, parents_end: libc::c_int, ours: libc::c_int) -> 
         {
             // Unconfined but working: the guard makes the same calls either way.
         }
-        let mut armed = false;
+        // The mount noted at `A`: None before, Some(None) when statx could not say.
+        let mut armed: Option<Option<MountId>> = None;
         loop {
             let mut byte = 0u8;
             let n = libc::read(CHANNEL_FD, (&raw mut byte).cast(), 1);
@@ -318,7 +323,7 @@ fn child_main(plan: &ChildPlan, parents_end: libc::c_int, ours: libc::c_int) -> 
                 continue;
             }
             match (n, byte) {
-                (1, ARM) => armed = true,
+                (1, ARM) => armed = Some(mount_id(&plan.mountpoint)),
                 (1, DETACH) => {
                     let answer = detach(plan).to_le_bytes();
                     libc::write(CHANNEL_FD, answer.as_ptr().cast(), answer.len());
@@ -328,14 +333,43 @@ fn child_main(plan: &ChildPlan, parents_end: libc::c_int, ours: libc::c_int) -> 
                 (1, _) => {}
                 // End of file (or a broken channel): kvfs is gone.
                 _ => {
-                    if armed {
-                        detach(plan);
+                    match armed {
+                        Some(Some(noted)) if mount_id(&plan.mountpoint) != Some(noted) => {}
+                        Some(_) => {
+                            detach(plan);
+                        }
+                        None => {}
                     }
                     libc::_exit(0);
                 }
             }
         }
     }
+}
+
+/// Which mount a path holds: (the kind of id, the id). Mount ids are unique for the system's
+/// life where the kernel has `STATX_MNT_ID_UNIQUE` (6.8), else the older id, which a later
+/// mount may reuse once this one is gone.
+type MountId = (u32, u64);
+
+/// The mount id of the filesystem at `path`, without a request to that filesystem
+/// (`AT_STATX_DONT_SYNC`: a dead or hung FUSE mount answers from the kernel's cache). Raw
+/// system calls only.
+fn mount_id(path: &CString) -> Option<MountId> {
+    // SAFETY: all-zero is a valid `statx` (plain integers), filled by the call.
+    let mut buf: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a writable buffer of the right type.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_STATX_DONT_SYNC | libc::AT_NO_AUTOMOUNT,
+            libc::STATX_MNT_ID_UNIQUE | libc::STATX_MNT_ID,
+            &mut buf,
+        )
+    };
+    let kind = buf.stx_mask & (libc::STATX_MNT_ID_UNIQUE | libc::STATX_MNT_ID);
+    (rc == 0 && kind != 0).then_some((kind, buf.stx_mnt_id))
 }
 
 /// Detaches the mountpoint; 0 or the errno. Raw system calls only.
@@ -466,5 +500,68 @@ mod tests {
         }
         assert!(guard.detach().is_err(), "the guard is gone after detach");
         assert!(!Path::new(&format!("/proc/{}", guard.pid())).exists());
+    }
+
+    fn mount_tmpfs(path: &Path) {
+        let target = CString::new(path.as_os_str().as_bytes()).expect("path");
+        // SAFETY: valid NUL-terminated strings; no data argument.
+        let rc = unsafe {
+            libc::mount(
+                c"kvfs-guard-test".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "mount tmpfs: {}", io::Error::last_os_error());
+    }
+
+    fn mounts_on(path: &Path) -> usize {
+        let p = path.display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some(p.as_str()))
+            .count()
+    }
+
+    /// kvfs died, and before its guard ran, another mount replaced the dead one (a new kvfs
+    /// that cleared it): the guard leaves that mount alone. Its own mount it detaches.
+    #[test]
+    fn end_of_file_detaches_only_the_mount_noted_at_arm() {
+        if !holds_sys_admin() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI runs as root: this test must run"
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path();
+
+        let guard = UnmountGuard::spawn(path, true).expect("spawn");
+        mount_tmpfs(path);
+        guard.arm().expect("arm");
+        // SAFETY: a valid path; our own test mount.
+        let rc = unsafe {
+            libc::umount2(
+                CString::new(path.as_os_str().as_bytes()).unwrap().as_ptr(),
+                libc::MNT_DETACH,
+            )
+        };
+        assert_eq!(rc, 0);
+        mount_tmpfs(path);
+        drop(guard);
+        assert_eq!(
+            mounts_on(path),
+            1,
+            "the guard detached a mount it was not armed for"
+        );
+
+        let guard = UnmountGuard::spawn(path, true).expect("spawn");
+        guard.arm().expect("arm");
+        drop(guard);
+        assert_eq!(mounts_on(path), 0, "the guard left its own mount");
     }
 }

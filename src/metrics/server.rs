@@ -15,8 +15,6 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-/// `f_type` of a FUSE filesystem (linux/magic.h).
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 /// A statfs the mount does not answer within this is taken as a hung mount.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 static PROBING: AtomicBool = AtomicBool::new(false);
@@ -136,9 +134,9 @@ async fn mount_answers(mountpoint: &std::path::Path) -> Result<(), String> {
     }
     let path = mountpoint.to_owned();
     let probe = tokio::task::spawn_blocking(move || {
-        let kind = statfs_type(&path);
+        let answered = crate::mountpoint::fuse_statfs(&path);
         PROBING.store(false, Ordering::Release);
-        kind
+        answered
     });
     match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
         Err(_) => Err(format!(
@@ -146,20 +144,6 @@ async fn mount_answers(mountpoint: &std::path::Path) -> Result<(), String> {
         )),
         Ok(Err(e)) => Err(format!("statfs probe failed: {e}")),
         Ok(Ok(Err(e))) => Err(format!("statfs of the mountpoint failed: {e}")),
-        Ok(Ok(Ok(kind))) if kind == FUSE_SUPER_MAGIC => Ok(()),
-        Ok(Ok(Ok(_))) => Err("the mountpoint is not a FUSE mount".into()),
+        Ok(Ok(Ok(()))) => Ok(()),
     }
-}
-
-fn statfs_type(path: &std::path::Path) -> std::io::Result<i64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: all-zero is a valid `statfs` (plain integers); it is only read after success.
-    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid NUL-terminated path and a writable buffer of the right type.
-    if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    #[allow(clippy::unnecessary_cast)] // f_type's integer type differs between libcs.
-    Ok(buf.f_type as i64)
 }
