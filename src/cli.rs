@@ -426,6 +426,30 @@ fn parse_http_url(s: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+/// `--rotation`'s values, named and explained here so that the filesystem core knows no clap.
+impl clap::ValueEnum for Rotation {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Rotation::NewInode, Rotation::InPlace]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            Rotation::NewInode => PossibleValue::new("new-inode").help(
+                "Each version is its own inode: never torn, an open file keeps its version, \
+                 reads are served from the kernel's page cache without a message. A file \
+                 bind-mounted on its own (a Kubernetes subPath) stays on the version it was \
+                 mounted with",
+            ),
+            Rotation::InPlace => PossibleValue::new("in-place").help(
+                "One inode per name; each open reads the version current at open time, straight \
+                 from kvfs (direct I/O, no page cache). Never torn, and bind-mounted files \
+                 follow rotations, at the cost of a few kernel round trips per open",
+            ),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

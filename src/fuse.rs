@@ -13,8 +13,10 @@
 //! sends none, and another user could read pages root's read left in the cache.
 
 use std::ffi::OsStr;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
 use fuser::{
@@ -25,7 +27,9 @@ use fuser::{
 };
 
 use crate::audit::{AuditLog, Caller};
-use crate::fs::{FsError, Invalidate, SecretFs};
+use tokio::runtime::Handle;
+
+use crate::fs::{Entries, Entry, FsError, FsResult, Invalidate, Opened, ReadData, SecretFs};
 
 pub struct FuseAdapter {
     fs: Arc<SecretFs>,
@@ -120,8 +124,26 @@ fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {
     }
 }
 
-fn lookup(fs: &SecretFs, parent: u64, name: &OsStr, reply: ReplyEntry) {
-    match fs.lookup(parent, name) {
+/// Runs `call` to its answer: at once, on this FUSE thread, when it completes at its first
+/// poll (everything kvfs holds in memory), else as a task on the runtime, so that a request
+/// waiting on Key Vault never holds a FUSE thread nor delays answers about other secrets.
+fn answer<T: Send + 'static>(
+    runtime: &Handle,
+    call: impl Future<Output = T> + Send + 'static,
+    reply: impl FnOnce(T) + Send + 'static,
+) {
+    // Timers and the store's I/O need the runtime's context even for a first poll.
+    let _context = runtime.enter();
+    let mut call = Box::pin(call);
+    match call.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => reply(out),
+        // Polled again at once by the task, with a waker that wakes it.
+        Poll::Pending => drop(runtime.spawn(async move { reply(call.await) })),
+    }
+}
+
+fn reply_entry(fs: &SecretFs, parent: u64, result: FsResult<Entry>, reply: ReplyEntry) {
+    match result {
         Ok(e) => reply.entry_with_ttls(&e.attr_ttl, &e.entry_ttl, &e.attr, Generation(0)),
         Err(err) => match fs.negative_ttl(&err) {
             // Inode 0 with a TTL is a negative entry the kernel caches; a plain ENOENT would
@@ -141,14 +163,14 @@ fn lookup(fs: &SecretFs, parent: u64, name: &OsStr, reply: ReplyEntry) {
     }
 }
 
-fn open(
-    fs: &SecretFs,
+fn reply_open(
+    result: FsResult<Opened>,
     audit: Option<(&AuditLog, Caller)>,
     every_open: bool,
     ino: u64,
     reply: ReplyOpen,
 ) {
-    let opened = match fs.open(ino) {
+    let opened = match result {
         Ok(opened) => opened,
         Err(err) => return reply.error(errno("open", ino, &err)),
     };
@@ -170,15 +192,15 @@ fn open(
     }
 }
 
-fn read(fs: &SecretFs, ino: u64, handle: u64, offset: u64, size: u32, reply: ReplyData) {
-    match fs.read(ino, handle, offset, size) {
+fn reply_read(result: FsResult<ReadData>, ino: u64, reply: ReplyData) {
+    match result {
         Ok(data) => reply.data(data.as_bytes()),
         Err(err) => reply.error(errno("read", ino, &err)),
     }
 }
 
-fn readdir(fs: &SecretFs, ino: u64, offset: u64, mut reply: ReplyDirectory) {
-    match fs.readdir(ino, offset) {
+fn reply_readdir(result: FsResult<(Entries, usize)>, ino: u64, mut reply: ReplyDirectory) {
+    match result {
         Ok((entries, start)) => {
             for e in entries.get(start..).unwrap_or_default() {
                 if reply.add(INodeNo(e.ino), e.next_offset, e.kind, &e.name) {
@@ -227,11 +249,14 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         crate::metrics::fuse_request("lookup");
         let (fs, name) = (self.fs.clone(), name.to_owned());
-        // A lookup may wait on Key Vault: it runs off the FUSE threads, so a slow or throttled
-        // secret never holds up answers about others.
-        self.fs
-            .runtime()
-            .spawn_blocking(move || lookup(&fs, parent.0, &name, reply));
+        answer(
+            self.fs.runtime(),
+            async move {
+                let result = fs.lookup(parent.0, &name).await;
+                (fs, result)
+            },
+            move |(fs, result)| reply_entry(&fs, parent.0, result, reply),
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -254,22 +279,16 @@ impl Filesystem for FuseAdapter {
             gid: req.gid(),
         };
         crate::metrics::fuse_request("open");
-        if self.fs.value_evicted(ino.0) {
-            let (fs, audit, every) = (self.fs.clone(), self.audit.clone(), self.every_open);
-            // In place, an open pins the value, which may have to be fetched again first.
-            self.fs.runtime().spawn_blocking(move || {
-                open(
-                    &fs,
-                    audit.as_deref().map(|a| (a, caller)),
-                    every,
-                    ino.0,
-                    reply,
-                );
-            });
-        } else {
-            let audit = self.audit.as_deref().map(|a| (a, caller));
-            open(&self.fs, audit, self.every_open, ino.0, reply);
-        }
+        let (fs, audit, every) = (self.fs.clone(), self.audit.clone(), self.every_open);
+        // In place, an open pins the value, which may have to be fetched again first.
+        answer(
+            self.fs.runtime(),
+            async move { fs.open(ino.0).await },
+            move |result| {
+                let audit = audit.as_deref().map(|a| (a, caller));
+                reply_open(result, audit, every, ino.0, reply);
+            },
+        );
     }
 
     fn release(
@@ -299,17 +318,13 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         crate::metrics::fuse_request("read");
-        match self.fs.read_now(ino.0, fh.0, offset, size) {
-            Ok(Some(data)) => reply.data(data.as_bytes()),
-            Ok(None) => {
-                let fs = self.fs.clone();
-                // The value was evicted and is fetched again by version: off the FUSE threads.
-                self.fs
-                    .runtime()
-                    .spawn_blocking(move || read(&fs, ino.0, fh.0, offset, size, reply));
-            }
-            Err(err) => reply.error(errno("read", ino.0, &err)),
-        }
+        let fs = self.fs.clone();
+        // An evicted value is fetched again by version: then off the FUSE threads.
+        answer(
+            self.fs.runtime(),
+            async move { fs.read(ino.0, fh.0, offset, size).await },
+            move |result| reply_read(result, ino.0, reply),
+        );
     }
 
     fn flush(
@@ -329,10 +344,11 @@ impl Filesystem for FuseAdapter {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         crate::metrics::fuse_request("opendir");
         let fs = self.fs.clone();
-        // An opendir may list the vault (when the cached listing expired): off the FUSE threads.
-        self.fs
-            .runtime()
-            .spawn_blocking(move || match fs.opendir(ino.0) {
+        // An opendir may list the vault (when the cached listing expired).
+        answer(
+            self.fs.runtime(),
+            async move { fs.opendir(ino.0).await },
+            move |result| match result {
                 // The kernel caches the entries (CACHE_DIR) and, while the listing is unchanged,
                 // keeps them across opens (KEEP_CACHE): `ls` then costs no READDIR message.
                 Ok(keep) => {
@@ -343,7 +359,8 @@ impl Filesystem for FuseAdapter {
                     reply.opened(FileHandle(0), flags);
                 }
                 Err(err) => reply.error(errno("opendir", ino.0, &err)),
-            });
+            },
+        );
     }
 
     fn readdir(
@@ -357,9 +374,11 @@ impl Filesystem for FuseAdapter {
         crate::metrics::fuse_request("readdir");
         let fs = self.fs.clone();
         // A listing may wait on Key Vault, as a lookup may.
-        self.fs
-            .runtime()
-            .spawn_blocking(move || readdir(&fs, ino.0, offset, reply));
+        answer(
+            self.fs.runtime(),
+            async move { fs.readdir(ino.0, offset).await },
+            move |result| reply_readdir(result, ino.0, reply),
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

@@ -5,11 +5,11 @@
 //! fetches each again by its exact version when it is next read.
 
 use std::sync::Weak;
-use std::sync::atomic::Ordering;
 
 use crate::cache::Revoked;
 use crate::secret::{SecretName, SecretProperties};
 
+use super::inodes::{Key, Slot};
 use super::{FIRST_DYNAMIC, Held, Inodes, Node, Pinned, SecretFs};
 
 /// The inode and handle table, as sent to a successor.
@@ -59,47 +59,40 @@ pub enum StateError {
 }
 
 impl SecretFs {
-    /// The inode and handle table. Taken while the kernel is sent nothing (the relay is
-    /// paused with nothing unanswered), so no lookup can change a count meanwhile.
     pub fn snapshot(&self) -> FsState {
         let inodes = self.inodes();
         let nodes = inodes
-            .nodes
-            .iter()
-            .map(|(&ino, node)| match node {
-                Node::File { held, lookups } => NodeState::File {
+            .nodes()
+            .map(|(ino, slot)| match &slot.node {
+                Node::File(held) => NodeState::File {
                     ino,
-                    lookups: *lookups,
+                    lookups: slot.lookups,
                     properties: held.properties.clone(),
                     size: held.size,
                     revoked: held.revoked,
                 },
-                Node::VersionsOf { name, lookups } => NodeState::VersionsOf {
+                Node::VersionsOf(name) => NodeState::VersionsOf {
                     ino,
-                    lookups: *lookups,
+                    lookups: slot.lookups,
                     name: name.clone(),
                 },
             })
             .collect();
-        let state = FsState {
-            next_ino: inodes.next,
-            next_handle: self.next_handle.load(Ordering::Relaxed),
-            nodes,
-            by_version: inodes
-                .by_version
-                .iter()
-                .map(|((name, version), &ino)| (name.clone(), version.clone(), ino))
-                .collect(),
-            versions_of: inodes
-                .versions_of
-                .iter()
-                .map(|(name, &ino)| (name.clone(), ino))
-                .collect(),
-            handles: Vec::new(),
-        };
+        let mut by_version = Vec::new();
+        let mut versions_of = Vec::new();
+        for (key, ino) in inodes.keys() {
+            match key {
+                Key::Version(name, version) => {
+                    by_version.push((name.clone(), version.clone(), ino))
+                }
+                Key::VersionsOf(name) => versions_of.push((name.clone(), ino)),
+            }
+        }
+        let next_ino = inodes.next();
         drop(inodes);
         let handles = self
-            .handles()
+            .handles
+            .lock()
             .iter()
             .filter_map(|(&handle, pinned)| {
                 let state = match pinned {
@@ -109,73 +102,76 @@ impl SecretFs {
                 Some((handle, state))
             })
             .collect();
-        FsState { handles, ..state }
+        FsState {
+            next_ino,
+            next_handle: self.handles.next(),
+            nodes,
+            by_version,
+            versions_of,
+            handles,
+        }
     }
 
-    /// Takes over a predecessor's table. Values are fetched again, by exact version, at their
-    /// next read.
     pub fn restore(&self, state: FsState) -> Result<(), StateError> {
-        if !self.handles().is_empty() {
+        if !self.handles.lock().is_empty() {
             return Err(StateError::NotEmpty);
         }
         let mut inodes = self.inodes();
-        if !inodes.nodes.is_empty() {
+        if !inodes.is_empty() {
             return Err(StateError::NotEmpty);
         }
         let in_range = |ino: u64| (FIRST_DYNAMIC..state.next_ino).contains(&ino);
-        let mut restored = Inodes {
-            next: state.next_ino.max(FIRST_DYNAMIC),
-            ..Inodes::default()
-        };
+        let mut keys = Vec::new();
+        for (name, version, ino) in state.by_version {
+            keys.push((Key::Version(name, version), ino));
+        }
+        for (name, ino) in state.versions_of {
+            keys.push((Key::VersionsOf(name), ino));
+        }
+        if let Some((_, ino)) = keys.iter().find(|(_, ino)| !in_range(*ino)) {
+            return Err(StateError::NodeOutOfRange(*ino));
+        }
         let mut handed_over = Vec::new();
+        let mut slots = Vec::new();
         for node in state.nodes {
-            if let NodeState::File { properties, .. } = &node {
-                handed_over.push(properties.name.clone());
-            }
-            let (ino, node) = match node {
+            let (ino, lookups, node, own_key) = match node {
                 NodeState::File {
                     ino,
                     lookups,
                     properties,
                     size,
                     revoked,
-                } => (
-                    ino,
-                    Node::File {
-                        held: Held {
-                            properties,
-                            size,
-                            value: Weak::new(),
-                            revoked,
-                        },
-                        lookups,
-                    },
-                ),
+                } => {
+                    handed_over.push(properties.name.clone());
+                    let own_key = super::version_key(&properties);
+                    let held = Held {
+                        properties,
+                        size,
+                        value: Weak::new(),
+                        revoked,
+                    };
+                    (ino, lookups, Node::File(held), own_key)
+                }
                 NodeState::VersionsOf { ino, lookups, name } => {
-                    (ino, Node::VersionsOf { name, lookups })
+                    let own_key = Key::VersionsOf(name.key());
+                    (ino, lookups, Node::VersionsOf(name), own_key)
                 }
             };
             if !in_range(ino) {
                 return Err(StateError::NodeOutOfRange(ino));
             }
-            restored.nodes.insert(ino, node);
+            // The key that finds this node (an in-place name's "" version), else the key it
+            // was made for: forgetting it must release only its own key.
+            let key = keys
+                .iter()
+                .find(|(_, i)| *i == ino)
+                .map_or(own_key, |(k, _)| k.clone());
+            slots.push((ino, Slot { node, lookups, key }));
         }
-        for (name, version, ino) in state.by_version {
-            if !in_range(ino) {
-                return Err(StateError::NodeOutOfRange(ino));
-            }
-            restored.by_version.insert((name, version), ino);
-        }
-        for (name, ino) in state.versions_of {
-            if !in_range(ino) {
-                return Err(StateError::NodeOutOfRange(ino));
-            }
-            restored.versions_of.insert(name, ino);
-        }
-        *inodes = restored;
+        *inodes = Inodes::restored(state.next_ino.max(FIRST_DYNAMIC), slots, keys);
         drop(inodes);
         self.cache.mark_unverified(handed_over);
-        let mut handles = self.handles();
+        let mut handles = self.handles.lock();
         for (handle, pinned) in state.handles {
             handles.insert(
                 handle,
@@ -185,8 +181,8 @@ impl SecretFs {
                 },
             );
         }
-        self.next_handle
-            .fetch_max(state.next_handle, Ordering::Relaxed);
+        drop(handles);
+        self.handles.skip_to(state.next_handle);
         Ok(())
     }
 }

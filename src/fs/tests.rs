@@ -2,6 +2,7 @@
 use super::*;
 use crate::cache::CacheConfig;
 use crate::store::MemoryStore;
+use fuser::FileType;
 use std::ffi::OsString;
 use std::num::NonZeroUsize;
 
@@ -81,6 +82,13 @@ fn fixture_with(ttl: Duration, rotation: Rotation, capacity: usize) -> Fixture {
     }
 }
 
+impl Fixture {
+    /// Runs a filesystem call to its answer, as the adapter's task would.
+    fn on<T>(&self, call: impl std::future::Future<Output = T>) -> T {
+        self._rt.block_on(call)
+    }
+}
+
 fn fixture() -> Fixture {
     fixture_with_ttl(Duration::ZERO)
 }
@@ -96,7 +104,7 @@ fn names((entries, start): (Arc<Vec<DirEntry>>, usize)) -> Vec<String> {
 #[test]
 fn lookup_gives_exact_size_and_owner() {
     let f = fixture();
-    let e = f.fs.lookup(ROOT, &os("db-password")).unwrap();
+    let e = f.on(f.fs.lookup(ROOT, &os("db-password"))).unwrap();
     assert_eq!(e.attr.size, 7);
     assert_eq!((e.attr.uid, e.attr.gid, e.attr.perm), (1, 2, 0o400));
     assert_eq!(e.attr.kind, FileType::RegularFile);
@@ -106,14 +114,14 @@ fn lookup_gives_exact_size_and_owner() {
 fn invalid_names_cost_no_request_and_are_cached_negative() {
     let f = fixture();
     for bad in [".git", "a_b", "foo.swp", "x.y", ""] {
-        let err = f.fs.lookup(ROOT, &os(bad)).unwrap_err();
+        let err = f.on(f.fs.lookup(ROOT, &os(bad))).unwrap_err();
         assert_eq!(err.errno(), libc::ENOENT);
         assert_eq!(f.fs.negative_ttl(&err), Some(INVALID_NAME_TTL));
     }
     use std::os::unix::ffi::OsStrExt;
     let not_utf8 = OsStr::from_bytes(b"\xff\xfe");
     assert_eq!(
-        f.fs.lookup(ROOT, not_utf8).unwrap_err().errno(),
+        f.on(f.fs.lookup(ROOT, not_utf8)).unwrap_err().errno(),
         libc::ENOENT
     );
     assert_eq!(f.store.gets(), 0);
@@ -122,26 +130,28 @@ fn invalid_names_cost_no_request_and_are_cached_negative() {
 #[test]
 fn errno_rows_reach_the_reader() {
     let f = fixture();
-    let missing = f.fs.lookup(ROOT, &os("missing")).unwrap_err();
+    let missing = f.on(f.fs.lookup(ROOT, &os("missing"))).unwrap_err();
     assert_eq!(missing.errno(), libc::ENOENT);
     assert_eq!(f.fs.negative_ttl(&missing), Some(Duration::from_secs(30)));
-    let off = f.fs.lookup(ROOT, &os("off")).unwrap_err();
+    let off = f.on(f.fs.lookup(ROOT, &os("off"))).unwrap_err();
     assert_eq!(off.errno(), libc::EACCES);
     assert_eq!(f.fs.negative_ttl(&off), None);
-    let e = f.fs.lookup(ROOT, &os("db-password")).unwrap();
+    let e = f.on(f.fs.lookup(ROOT, &os("db-password"))).unwrap();
     assert_eq!(
-        f.fs.lookup(e.attr.ino.0, &os("x")).unwrap_err().errno(),
+        f.on(f.fs.lookup(e.attr.ino.0, &os("x")))
+            .unwrap_err()
+            .errno(),
         libc::ENOTDIR
     );
     assert_eq!(
-        f.fs.lookup(999, &os("x")).unwrap_err().errno(),
+        f.on(f.fs.lookup(999, &os("x"))).unwrap_err().errno(),
         libc::ENOENT
     );
     // Last: a transient failure opens an outage window in which misses fail at once.
     f.store
         .fail_with(Some(StoreError::Throttled { retry_after: None }));
     assert_eq!(
-        f.fs.lookup(ROOT, &os("api-key")).unwrap_err().errno(),
+        f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap_err().errno(),
         libc::EIO
     );
 }
@@ -151,7 +161,7 @@ fn request_timeout_bounds_a_stalled_store() {
     let f = fixture();
     f.store.set_delay(Duration::from_secs(30));
     let started = std::time::Instant::now();
-    let err = f.fs.lookup(ROOT, &os("api-key")).unwrap_err();
+    let err = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap_err();
     assert_eq!(err.errno(), libc::EIO);
     assert!(matches!(err, FsError::Store(StoreError::Timeout(_))));
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -160,95 +170,138 @@ fn request_timeout_bounds_a_stalled_store() {
 #[test]
 fn reads_are_clamped() {
     let f = fixture();
-    let ino = f.fs.lookup(ROOT, &os("db-password")).unwrap().attr.ino.0;
-    assert_eq!(f.fs.read(ino, 0, 0, 4096).unwrap().as_bytes(), b"hunter2");
-    assert_eq!(f.fs.read(ino, 0, 2, 3).unwrap().as_bytes(), b"nte");
-    assert_eq!(f.fs.read(ino, 0, 7, 10).unwrap().as_bytes(), b"");
+    let ino = f
+        .on(f.fs.lookup(ROOT, &os("db-password")))
+        .unwrap()
+        .attr
+        .ino
+        .0;
     assert_eq!(
-        f.fs.read(ino, 0, u64::MAX, u32::MAX).unwrap().as_bytes(),
+        f.on(f.fs.read(ino, 0, 0, 4096)).unwrap().as_bytes(),
+        b"hunter2"
+    );
+    assert_eq!(f.on(f.fs.read(ino, 0, 2, 3)).unwrap().as_bytes(), b"nte");
+    assert_eq!(f.on(f.fs.read(ino, 0, 7, 10)).unwrap().as_bytes(), b"");
+    assert_eq!(
+        f.on(f.fs.read(ino, 0, u64::MAX, u32::MAX))
+            .unwrap()
+            .as_bytes(),
         b""
     );
-    assert_eq!(f.fs.read(ROOT, 0, 0, 1).unwrap_err().errno(), libc::EISDIR);
-    assert_eq!(f.fs.read(12345, 0, 0, 1).unwrap_err().errno(), libc::ENOENT);
+    assert_eq!(
+        f.on(f.fs.read(ROOT, 0, 0, 1)).unwrap_err().errno(),
+        libc::EISDIR
+    );
+    assert_eq!(
+        f.on(f.fs.read(12345, 0, 0, 1)).unwrap_err().errno(),
+        libc::ENOENT
+    );
 }
 
 #[test]
 fn new_version_new_inode_old_one_readable_until_forgotten() {
     let f = fixture();
-    let old = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
-    assert_eq!(f.fs.lookup(ROOT, &os("API-KEY")).unwrap().attr.ino.0, old);
+    let old = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap().attr.ino.0;
+    assert_eq!(
+        f.on(f.fs.lookup(ROOT, &os("API-KEY"))).unwrap().attr.ino.0,
+        old
+    );
     f.store.put("api-key", "rotated");
-    let new = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
+    let new = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap().attr.ino.0;
     assert_ne!(old, new);
-    assert_eq!(f.fs.read(old, 0, 0, 100).unwrap().as_bytes(), b"k");
-    assert_eq!(f.fs.read(new, 0, 0, 100).unwrap().as_bytes(), b"rotated");
+    assert_eq!(f.on(f.fs.read(old, 0, 0, 100)).unwrap().as_bytes(), b"k");
+    assert_eq!(
+        f.on(f.fs.read(new, 0, 0, 100)).unwrap().as_bytes(),
+        b"rotated"
+    );
     f.fs.forget(old, 1);
-    assert!(f.fs.read(old, 0, 0, 1).is_ok(), "one reference is left");
+    assert!(
+        f.on(f.fs.read(old, 0, 0, 1)).is_ok(),
+        "one reference is left"
+    );
     f.fs.forget(old, 1);
-    assert_eq!(f.fs.read(old, 0, 0, 1).unwrap_err().errno(), libc::ENOENT);
-    assert!(f.fs.read(new, 0, 0, 1).is_ok());
+    assert_eq!(
+        f.on(f.fs.read(old, 0, 0, 1)).unwrap_err().errno(),
+        libc::ENOENT
+    );
+    assert!(f.on(f.fs.read(new, 0, 0, 1)).is_ok());
 }
 
 #[test]
 fn listing_shows_enabled_secrets_and_never_fetches_values() {
     let f = fixture();
     assert_eq!(
-        names(f.fs.readdir(ROOT, 0).unwrap()),
+        names(f.on(f.fs.readdir(ROOT, 0)).unwrap()),
         [".", "..", "api-key", "db-password"]
     );
-    assert_eq!(names(f.fs.readdir(ROOT, 3).unwrap()), ["db-password"]);
-    assert!(names(f.fs.readdir(ROOT, 99).unwrap()).is_empty());
+    assert_eq!(names(f.on(f.fs.readdir(ROOT, 3)).unwrap()), ["db-password"]);
+    assert!(names(f.on(f.fs.readdir(ROOT, 99)).unwrap()).is_empty());
     assert_eq!(f.store.gets(), 0);
-    assert_eq!(f.fs.readdir(42, 0).unwrap_err().errno(), libc::ENOENT);
+    assert_eq!(f.on(f.fs.readdir(42, 0)).unwrap_err().errno(), libc::ENOENT);
 }
 
 #[test]
 fn root_opendir_lets_the_kernel_keep_an_unchanged_listing() {
     let f = fixture();
-    assert!(!f.fs.opendir(ROOT).unwrap(), "nothing cached yet");
-    assert!(f.fs.opendir(ROOT).unwrap(), "same listing");
+    assert!(!f.on(f.fs.opendir(ROOT)).unwrap(), "nothing cached yet");
+    assert!(f.on(f.fs.opendir(ROOT)).unwrap(), "same listing");
     f.store.put("api-key", "rotated");
     assert!(
-        f.fs.opendir(ROOT).unwrap(),
+        f.on(f.fs.opendir(ROOT)).unwrap(),
         "same names: a new version changes no entry"
     );
     f.store.put("brand-new", "v");
-    assert!(!f.fs.opendir(ROOT).unwrap(), "a new name");
-    assert!(f.fs.opendir(ROOT).unwrap());
+    assert!(!f.on(f.fs.opendir(ROOT)).unwrap(), "a new name");
+    assert!(f.on(f.fs.opendir(ROOT)).unwrap());
 }
 
 #[test]
 fn versions_directory_lists_and_reads_every_version() {
     let f = fixture();
     let old_version = {
-        let e = f.fs.lookup(ROOT, &os("api-key")).unwrap();
+        let e = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap();
         f.fs.xattrs(&f.fs.properties(e.attr.ino.0).unwrap())[0]
             .1
             .clone()
     };
     f.store.put("api-key", "second");
-    let dir = f.fs.lookup(VERSIONS, &os("api-key")).unwrap().attr;
+    let dir = f.on(f.fs.lookup(VERSIONS, &os("api-key"))).unwrap().attr;
     assert_eq!(dir.kind, FileType::Directory);
-    let listed = names(f.fs.readdir(dir.ino.0, 2).unwrap());
+    let listed = names(f.on(f.fs.readdir(dir.ino.0, 2)).unwrap());
     assert_eq!(listed.len(), 2);
     assert!(listed.contains(&old_version));
-    let file = f.fs.lookup(dir.ino.0, &os(&old_version)).unwrap().attr;
-    assert_eq!(f.fs.read(file.ino.0, 0, 0, 100).unwrap().as_bytes(), b"k");
+    let file = f
+        .on(f.fs.lookup(dir.ino.0, &os(&old_version)))
+        .unwrap()
+        .attr;
     assert_eq!(
-        f.fs.lookup(dir.ino.0, &os("nothex")).unwrap_err().errno(),
+        f.on(f.fs.read(file.ino.0, 0, 0, 100)).unwrap().as_bytes(),
+        b"k"
+    );
+    assert_eq!(
+        f.on(f.fs.lookup(dir.ino.0, &os("nothex")))
+            .unwrap_err()
+            .errno(),
         libc::ENOENT
     );
     assert_eq!(
-        f.fs.lookup(VERSIONS, &os("absent")).unwrap_err().errno(),
+        f.on(f.fs.lookup(VERSIONS, &os("absent")))
+            .unwrap_err()
+            .errno(),
         libc::ENOENT
     );
-    assert!(!names(f.fs.readdir(ROOT, 0).unwrap()).contains(&VERSIONS_DIR.to_owned()));
+    assert!(!names(f.on(f.fs.readdir(ROOT, 0)).unwrap()).contains(&VERSIONS_DIR.to_owned()));
 }
 
 #[test]
 fn xattrs_describe_the_version_not_the_value() {
     let f = fixture_with_ttl(Duration::from_secs(300));
-    let ino = f.fs.lookup(ROOT, &os("db-password")).unwrap().attr.ino.0;
+    let ino = f
+        .on(f.fs.lookup(ROOT, &os("db-password")))
+        .unwrap()
+        .attr
+        .ino
+        .0;
     let list = f.fs.listxattr(ino).unwrap();
     let text = String::from_utf8(list).unwrap();
     assert!(text.contains("user.kvfs.version\0"));
@@ -269,18 +322,21 @@ fn xattrs_describe_the_version_not_the_value() {
 #[test]
 fn in_place_rotation_keeps_one_inode_and_pins_open_handles() {
     let f = fixture_with(Duration::from_secs(300), Rotation::InPlace, 100);
-    let ino = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
-    let before = f.fs.open(ino).unwrap().handle.expect("a handle");
+    let ino = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap().attr.ino.0;
+    let before = f.on(f.fs.open(ino)).unwrap().handle.expect("a handle");
     f.store.put("api-key", "rotated");
     f._rt.block_on(async {
         let held = f.fs.in_use();
         let changes = f.fs.cache().refresh(&held).await.unwrap().changes;
         f.fs.apply(&changes);
     });
-    let after = f.fs.open(ino).unwrap().handle.expect("a handle");
-    assert_eq!(f.fs.read(ino, before, 0, 100).unwrap().as_bytes(), b"k");
+    let after = f.on(f.fs.open(ino)).unwrap().handle.expect("a handle");
     assert_eq!(
-        f.fs.read(ino, after, 0, 100).unwrap().as_bytes(),
+        f.on(f.fs.read(ino, before, 0, 100)).unwrap().as_bytes(),
+        b"k"
+    );
+    assert_eq!(
+        f.on(f.fs.read(ino, after, 0, 100)).unwrap().as_bytes(),
         b"rotated"
     );
     assert_eq!(f.fs.getattr(ino).unwrap().0.size, 7);
@@ -291,10 +347,13 @@ fn in_place_rotation_keeps_one_inode_and_pins_open_handles() {
             .contains(&format!("attr {ino}")),
         "the kernel forgets the old size"
     );
-    assert_eq!(f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0, ino);
+    assert_eq!(
+        f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap().attr.ino.0,
+        ino
+    );
     f.fs.release(before);
     assert_eq!(
-        f.fs.read(ino, before, 0, 100).unwrap().as_bytes(),
+        f.on(f.fs.read(ino, before, 0, 100)).unwrap().as_bytes(),
         b"rotated"
     );
 }
@@ -302,11 +361,16 @@ fn in_place_rotation_keeps_one_inode_and_pins_open_handles() {
 #[test]
 fn capacity_bounds_values_held_by_inodes() {
     let f = fixture_with(Duration::from_secs(300), Rotation::NewInode, 1);
-    let a = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
-    let b = f.fs.lookup(ROOT, &os("db-password")).unwrap().attr.ino.0;
+    let a = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap().attr.ino.0;
+    let b = f
+        .on(f.fs.lookup(ROOT, &os("db-password")))
+        .unwrap()
+        .attr
+        .ino
+        .0;
     assert_eq!(f.store.gets(), 2);
     // db-password evicted api-key's value; the inode fetches its exact version again.
-    assert_eq!(f.fs.read(a, 0, 0, 100).unwrap().as_bytes(), b"k");
+    assert_eq!(f.on(f.fs.read(a, 0, 0, 100)).unwrap().as_bytes(), b"k");
     assert_eq!(f.store.gets(), 3);
     assert_eq!(
         f.fs.getattr(b).unwrap().0.size,
@@ -319,8 +383,8 @@ fn capacity_bounds_values_held_by_inodes() {
 #[test]
 fn only_the_vaults_spelling_is_kept_long_and_invalidated() {
     let f = fixture_with_ttl(Duration::from_secs(300));
-    let listed = f.fs.lookup(ROOT, &os("api-key")).unwrap();
-    let other = f.fs.lookup(ROOT, &os("API-Key")).unwrap();
+    let listed = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap();
+    let other = f.on(f.fs.lookup(ROOT, &os("API-Key"))).unwrap();
     assert_eq!(listed.attr.ino, other.attr.ino, "one version, one inode");
     assert_eq!(listed.entry_ttl, Duration::from_secs(86400));
     assert_eq!(
@@ -336,7 +400,7 @@ fn only_the_vaults_spelling_is_kept_long_and_invalidated() {
 #[test]
 fn spellings_cost_no_memory() {
     let f = fixture_with_ttl(Duration::from_secs(300));
-    let ino = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
+    let ino = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap().attr.ino.0;
     let mut spelling = String::from("api-key");
     for i in 0..2000u32 {
         // Every case variant of the name in turn.
@@ -351,11 +415,14 @@ fn spellings_cost_no_memory() {
                 }
             })
             .collect();
-        assert_eq!(f.fs.lookup(ROOT, &os(&spelling)).unwrap().attr.ino.0, ino);
+        assert_eq!(
+            f.on(f.fs.lookup(ROOT, &os(&spelling))).unwrap().attr.ino.0,
+            ino
+        );
     }
     let inodes = f.fs.inodes();
     assert_eq!(
-        (inodes.nodes.len(), inodes.by_version.len()),
+        (inodes.nodes().count(), inodes.keys().count()),
         (1, 1),
         "{spelling}"
     );
@@ -364,14 +431,24 @@ fn spellings_cost_no_memory() {
 #[test]
 fn in_use_is_the_newest_version_even_when_an_older_one_was_opened_later() {
     let f = fixture();
-    let first = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
+    let first = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap().attr.ino.0;
     let old_version = f.fs.properties(first).unwrap().version.unwrap();
     f.fs.forget(first, 1);
     std::thread::sleep(Duration::from_millis(5)); // `updated` must move
     f.store.put("api-key", "rotated");
-    let current = f.fs.lookup(ROOT, &os("api-key")).unwrap().attr.ino.0;
-    let dir = f.fs.lookup(VERSIONS, &os("api-key")).unwrap().attr.ino.0;
-    let old = f.fs.lookup(dir, &os(&old_version)).unwrap().attr.ino.0;
+    let current = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap().attr.ino.0;
+    let dir = f
+        .on(f.fs.lookup(VERSIONS, &os("api-key")))
+        .unwrap()
+        .attr
+        .ino
+        .0;
+    let old = f
+        .on(f.fs.lookup(dir, &os(&old_version)))
+        .unwrap()
+        .attr
+        .ino
+        .0;
     assert!(old > current, "the old version has the higher inode number");
     let held = f.fs.in_use();
     assert_eq!(held.len(), 1);
@@ -382,14 +459,19 @@ fn in_use_is_the_newest_version_even_when_an_older_one_was_opened_later() {
 fn revocation_stops_every_inode_and_handle() {
     let f = fixture_with(Duration::from_secs(300), Rotation::InPlace, 100);
     let name = SecretName::parse("db-password").unwrap();
-    let ino = f.fs.lookup(ROOT, &os("db-password")).unwrap().attr.ino.0;
-    let handle = f.fs.open(ino).unwrap().handle.unwrap();
-    let versions =
-        f.fs.lookup(VERSIONS, &os("db-password"))
-            .unwrap()
-            .attr
-            .ino
-            .0;
+    let ino = f
+        .on(f.fs.lookup(ROOT, &os("db-password")))
+        .unwrap()
+        .attr
+        .ino
+        .0;
+    let handle = f.on(f.fs.open(ino)).unwrap().handle.unwrap();
+    let versions = f
+        .on(f.fs.lookup(VERSIONS, &os("db-password")))
+        .unwrap()
+        .attr
+        .ino
+        .0;
     let version =
         f.fs.cache()
             .peek(&name)
@@ -398,17 +480,21 @@ fn revocation_stops_every_inode_and_handle() {
             .version
             .clone()
             .unwrap();
-    let exact = f.fs.lookup(versions, &os(&version)).unwrap().attr.ino.0;
-    assert!(f.fs.read(exact, 0, 0, 100).is_ok());
+    let exact = f
+        .on(f.fs.lookup(versions, &os(&version)))
+        .unwrap()
+        .attr
+        .ino
+        .0;
+    assert!(f.on(f.fs.read(exact, 0, 0, 100)).is_ok());
 
     f.fs.apply(&[Change::Gone(
         name,
         Revoked::Denied(crate::error::Forbidden::SecretDisabled),
     )]);
     for (ino, handle) in [(ino, handle), (exact, 0)] {
-        let err = f.fs.read(ino, handle, 0, 100).unwrap_err();
+        let err = f.on(f.fs.read(ino, handle, 0, 100)).unwrap_err();
         assert_eq!(err.errno(), libc::EACCES);
-        assert!(f.fs.read_now(ino, handle, 0, 100).is_err());
     }
     let got = f.invalidated.lock().unwrap().clone();
     assert!(got.contains(&format!("data {exact}")), "{got:?}");
@@ -434,24 +520,24 @@ fn fixture_with_access() -> Fixture {
 #[test]
 fn owner_rules_give_files_and_versions_their_owner_and_mode() {
     let f = fixture_with_access();
-    let e = f.fs.lookup(ROOT, &os("db-password")).unwrap();
+    let e = f.on(f.fs.lookup(ROOT, &os("db-password"))).unwrap();
     assert_eq!((e.attr.uid, e.attr.gid, e.attr.perm), (1001, 1002, 0o440));
     let (attr, _) = f.fs.getattr(e.attr.ino.0).unwrap();
     assert_eq!((attr.uid, attr.gid, attr.perm), (1001, 1002, 0o440));
     // `.versions/<name>`: the secret's owner, search added where read is set.
-    let dir = f.fs.lookup(VERSIONS, &os("db-password")).unwrap();
+    let dir = f.on(f.fs.lookup(VERSIONS, &os("db-password"))).unwrap();
     assert_eq!(
         (dir.attr.uid, dir.attr.gid, dir.attr.perm, dir.attr.kind),
         (1001, 1002, 0o550, FileType::Directory)
     );
     let (attr, _) = f.fs.getattr(dir.attr.ino.0).unwrap();
     assert_eq!((attr.uid, attr.gid, attr.perm), (1001, 1002, 0o550));
-    let (entries, _) = f.fs.readdir(dir.attr.ino.0, 0).unwrap();
+    let (entries, _) = f.on(f.fs.readdir(dir.attr.ino.0, 0)).unwrap();
     let version = entries.last().unwrap().name.clone();
-    let v = f.fs.lookup(dir.attr.ino.0, &os(&version)).unwrap();
+    let v = f.on(f.fs.lookup(dir.attr.ino.0, &os(&version))).unwrap();
     assert_eq!((v.attr.uid, v.attr.gid, v.attr.perm), (1001, 1002, 0o440));
     // No rule matches: the global owner and modes.
-    let api = f.fs.lookup(ROOT, &os("api-key")).unwrap();
+    let api = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap();
     assert_eq!((api.attr.uid, api.attr.gid, api.attr.perm), (1, 2, 0o400));
     let (root, _) = f.fs.getattr(ROOT).unwrap();
     assert_eq!((root.uid, root.gid, root.perm), (1, 2, 0o500));
@@ -468,14 +554,14 @@ fn hidden_names_are_not_listed_and_cost_no_request() {
         (ROOT, "HIDDEN-One"),
         (VERSIONS, "hidden-one"),
     ] {
-        let err = f.fs.lookup(parent, &os(name)).unwrap_err();
+        let err = f.on(f.fs.lookup(parent, &os(name))).unwrap_err();
         assert!(matches!(err, FsError::Hidden), "{name}: {err:?}");
         assert_eq!(err.errno(), libc::ENOENT);
         assert_eq!(f.fs.negative_ttl(&err), Some(INVALID_NAME_TTL));
     }
     assert_eq!(f.store.gets(), gets, "a hidden name is never fetched");
     for dir in [ROOT, VERSIONS] {
-        let mut listed = names(f.fs.readdir(dir, 2).unwrap());
+        let mut listed = names(f.on(f.fs.readdir(dir, 2)).unwrap());
         listed.sort();
         assert_eq!(listed, vec!["api-key".to_owned(), "db-password".to_owned()]);
     }
@@ -485,8 +571,8 @@ fn hidden_names_are_not_listed_and_cost_no_request() {
 fn open_names_the_version_read() {
     for rotation in [Rotation::NewInode, Rotation::InPlace] {
         let f = fixture_with(Duration::ZERO, rotation, 100);
-        let e = f.fs.lookup(ROOT, &os("db-password")).unwrap();
-        let opened = f.fs.open(e.attr.ino.0).unwrap();
+        let e = f.on(f.fs.lookup(ROOT, &os("db-password"))).unwrap();
+        let opened = f.on(f.fs.open(e.attr.ino.0)).unwrap();
         assert_eq!(opened.name.as_str(), "db-password");
         let version =
             f.fs.getxattr(e.attr.ino.0, &os("user.kvfs.version"))
