@@ -9,4 +9,5 @@
 //! Values are secrets here too: every output holding value bytes is `Zeroizing`, and no error
 //! carries a value or a part of one (offsets and line numbers at most).
 
+pub mod decode;
 pub mod names;
