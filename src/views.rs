@@ -10,4 +10,5 @@
 //! carries a value or a part of one (offsets and line numbers at most).
 
 pub mod decode;
+pub mod json;
 pub mod names;
