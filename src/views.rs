@@ -10,5 +10,6 @@
 //! carries a value or a part of one (offsets and line numbers at most).
 
 pub mod decode;
+pub mod envfile;
 pub mod json;
 pub mod names;
