@@ -15,7 +15,7 @@
 //! - A key that cannot be a file name (empty, `.`, `..`, holding `/` or NUL, over 255 bytes) is
 //!   left out: never listed, not found on lookup, and so is everything beneath it.
 //! - Only an object makes a tree: any other top-level value is `NotAnObject`.
-//! - Nesting deeper than 128 objects and arrays is refused (serde_json's own recursion limit),
+//! - Nesting deeper than 128 objects and arrays is refused (the limit serde_json sets itself),
 //!   so a hostile value cannot exhaust the stack.
 //!
 //! Errors give a line and a column at most. serde_json's own messages are not passed on:
