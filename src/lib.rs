@@ -10,6 +10,8 @@
 //! core dumps before any secret arrives; `sandbox` drops privileges once the mount is up, and
 //! `unmount_guard` is the small process that unmounts for it.
 //! `handoff` passes the live FUSE connection to a new kvfs on restart or upgrade.
+//! `views` turns a secret's value into what an application reads: decoded bytes, a JSON
+//! object's keys as files, names apps expect, an env file.
 //! `metrics` serves Prometheus and health probes; `logs` and `log_limit` are the logging and
 //! what readers cannot repeat in it; `mount_helper` is the binary as `mount.kvfs`. `secret` and
 //! `error` are the types all of them share. `emulator` is a Key Vault for tests and demos;
@@ -43,3 +45,4 @@ pub mod store;
 pub mod testing;
 pub mod transport;
 pub mod unmount_guard;
+pub mod views;
