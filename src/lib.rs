@@ -43,3 +43,4 @@ pub mod store;
 pub mod testing;
 pub mod transport;
 pub mod unmount_guard;
+pub mod views;

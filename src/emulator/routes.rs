@@ -336,11 +336,16 @@ fn attributes(v: &Version) -> Value {
     attrs
 }
 
-/// `{id, attributes, contentType?, tags?}` plus `value` when given.
+/// `{id, attributes, contentType?, tags?, managed?}` plus `value` when given. A managed
+/// secret's bundle (with `value`) also names the certificate's key: `kid` is the id with
+/// `/keys/` for `/secrets/`, as Key Vault gives it.
 fn secret_json(id: String, v: &Version, value: Option<&str>) -> Value {
     let mut obj = Map::new();
     if let Some(value) = value {
         obj.insert("value".into(), value.into());
+        if v.managed {
+            obj.insert("kid".into(), id.replacen("/secrets/", "/keys/", 1).into());
+        }
     }
     obj.insert("id".into(), id.into());
     obj.insert("attributes".into(), attributes(v));
@@ -349,6 +354,9 @@ fn secret_json(id: String, v: &Version, value: Option<&str>) -> Value {
     }
     if !v.tags.is_empty() {
         obj.insert("tags".into(), json!(v.tags));
+    }
+    if v.managed {
+        obj.insert("managed".into(), true.into());
     }
     Value::Object(obj)
 }
@@ -642,6 +650,7 @@ async fn set_secret(
         enabled: attrs.enabled.unwrap_or(true),
         expires: attrs.exp,
         not_before: attrs.nbf,
+        managed: false,
     };
     let id = app.vault.set_secret_with(&name, &body.value, opts);
     match app.vault.lookup(&name, Some(&id)) {
