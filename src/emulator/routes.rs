@@ -745,4 +745,32 @@ mod tests {
             assert!(!is_vault_audience(bad), "{bad}");
         }
     }
+
+    #[test]
+    fn a_managed_secret_names_its_key() {
+        let vault = Vault::new();
+        vault.set_certificate("web", "cGZ4", "application/x-pkcs12");
+        vault.set_secret("plain", "v");
+        let version = |name: &str| match vault.lookup(name, None) {
+            Lookup::Found { version, .. } => version,
+            Lookup::NotFound => panic!("{name} not found"),
+        };
+        let web = version("web");
+        let id = format!("https://127.0.0.1:1/secrets/web/{}", web.id);
+        let bundle = secret_json(id.clone(), &web, Some(&web.value));
+        assert_eq!(bundle["contentType"], "application/x-pkcs12");
+        assert_eq!(bundle["managed"], true);
+        assert_eq!(
+            bundle["kid"],
+            format!("https://127.0.0.1:1/keys/web/{}", web.id)
+        );
+        let item = secret_json("https://127.0.0.1:1/secrets/web".into(), &web, None);
+        assert_eq!(
+            (item.get("kid"), &item["managed"]),
+            (None, &Value::from(true))
+        );
+        let plain = version("plain");
+        let bundle = secret_json(id, &plain, Some(&plain.value));
+        assert_eq!((bundle.get("kid"), bundle.get("managed")), (None, None));
+    }
 }
