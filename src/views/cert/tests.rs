@@ -141,7 +141,8 @@ fn names(certs: &[Cert]) -> Vec<String> {
 #[test]
 fn chain_order_follows_issuers_and_keeps_strangers_last() {
     // (certificates as (subject, issuer), the key's owner or None, the order wanted)
-    let cases: Vec<(Vec<(&str, &str)>, Option<&str>, Vec<&str>)> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Option<&'a str>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             vec![("root", "root"), ("leaf", "mid"), ("mid", "root")],
             Some("leaf"),
