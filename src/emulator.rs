@@ -34,9 +34,12 @@
 //! directly through [`Emulator::vault`]; other processes use the admin API.
 //!
 //! To start with sample content (as `kvfs demo` does), call `emulator.vault().load_samples()`
-//! after [`Emulator::start`]; see [`sample_seed`].
+//! after [`Emulator::start`]; see [`sample_seed`]. Certificate-backed secrets (content type
+//! `application/x-pkcs12` or `application/x-pem-file`, `managed: true`, a `kid`) come from
+//! [`Vault::set_certificate`] with values a [`SampleChain`] makes.
 
 mod admin;
+mod certs;
 mod fault;
 mod identity;
 mod routes;
@@ -55,6 +58,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use certs::{LeafKey, SampleChain};
 pub use fault::{Fault, FaultAction, RequestKind};
 pub use routes::API_VERSIONS;
 pub use seed::{Seed, SeedSecret, sample_seed};

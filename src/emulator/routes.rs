@@ -336,11 +336,16 @@ fn attributes(v: &Version) -> Value {
     attrs
 }
 
-/// `{id, attributes, contentType?, tags?}` plus `value` when given.
+/// `{id, attributes, contentType?, tags?, managed?}` plus `value` when given. A managed
+/// secret's bundle (with `value`) also names the certificate's key: `kid` is the id with
+/// `/keys/` for `/secrets/`, as Key Vault gives it.
 fn secret_json(id: String, v: &Version, value: Option<&str>) -> Value {
     let mut obj = Map::new();
     if let Some(value) = value {
         obj.insert("value".into(), value.into());
+        if v.managed {
+            obj.insert("kid".into(), id.replacen("/secrets/", "/keys/", 1).into());
+        }
     }
     obj.insert("id".into(), id.into());
     obj.insert("attributes".into(), attributes(v));
@@ -349,6 +354,9 @@ fn secret_json(id: String, v: &Version, value: Option<&str>) -> Value {
     }
     if !v.tags.is_empty() {
         obj.insert("tags".into(), json!(v.tags));
+    }
+    if v.managed {
+        obj.insert("managed".into(), true.into());
     }
     Value::Object(obj)
 }
@@ -642,6 +650,7 @@ async fn set_secret(
         enabled: attrs.enabled.unwrap_or(true),
         expires: attrs.exp,
         not_before: attrs.nbf,
+        managed: false,
     };
     let id = app.vault.set_secret_with(&name, &body.value, opts);
     match app.vault.lookup(&name, Some(&id)) {
@@ -735,5 +744,33 @@ mod tests {
         ] {
             assert!(!is_vault_audience(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_managed_secret_names_its_key() {
+        let vault = Vault::new();
+        vault.set_certificate("web", "cGZ4", "application/x-pkcs12");
+        vault.set_secret("plain", "v");
+        let version = |name: &str| match vault.lookup(name, None) {
+            Lookup::Found { version, .. } => version,
+            Lookup::NotFound => panic!("{name} not found"),
+        };
+        let web = version("web");
+        let id = format!("https://127.0.0.1:1/secrets/web/{}", web.id);
+        let bundle = secret_json(id.clone(), &web, Some(&web.value));
+        assert_eq!(bundle["contentType"], "application/x-pkcs12");
+        assert_eq!(bundle["managed"], true);
+        assert_eq!(
+            bundle["kid"],
+            format!("https://127.0.0.1:1/keys/web/{}", web.id)
+        );
+        let item = secret_json("https://127.0.0.1:1/secrets/web".into(), &web, None);
+        assert_eq!(
+            (item.get("kid"), &item["managed"]),
+            (None, &Value::from(true))
+        );
+        let plain = version("plain");
+        let bundle = secret_json(id, &plain, Some(&plain.value));
+        assert_eq!((bundle.get("kid"), bundle.get("managed")), (None, None));
     }
 }

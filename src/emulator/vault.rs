@@ -38,6 +38,9 @@ pub struct SecretOptions {
     pub expires: Option<i64>,
     /// `nbf`, unix seconds. Does not block a GET (as in Key Vault).
     pub not_before: Option<i64>,
+    /// Backs a Key Vault certificate: answers carry `managed: true`, and a GET the `kid` of
+    /// the certificate's key (see [`Vault::set_certificate`]).
+    pub managed: bool,
 }
 
 impl Default for SecretOptions {
@@ -48,6 +51,7 @@ impl Default for SecretOptions {
             enabled: true,
             expires: None,
             not_before: None,
+            managed: false,
         }
     }
 }
@@ -96,6 +100,7 @@ pub(crate) struct Version {
     pub updated: i64,
     pub expires: Option<i64>,
     pub not_before: Option<i64>,
+    pub managed: bool,
 }
 
 /// A secret: its name as first created, and its versions, oldest first.
@@ -224,6 +229,7 @@ impl Vault {
             updated: now,
             expires: opts.expires,
             not_before: opts.not_before,
+            managed: opts.managed,
         };
         self.lock()
             .secrets
@@ -236,6 +242,20 @@ impl Vault {
             .push(version);
         tracing::debug!(secret = name, version = %id, "emulator: secret set");
         id
+    }
+
+    /// Adds a new version of `name` as Key Vault keeps a certificate's secret: `value` is a
+    /// base64 PFX (`content_type` `application/x-pkcs12`) or PEM text
+    /// (`application/x-pem-file`), and the secret is managed (`managed: true`, a `kid`).
+    /// Nothing checks that the value is what the content type says. Returns the version id.
+    /// [`super::SampleChain`] makes values to put here.
+    pub fn set_certificate(&self, name: &str, value: &str, content_type: &str) -> String {
+        let opts = SecretOptions {
+            content_type: Some(content_type.to_owned()),
+            managed: true,
+            ..SecretOptions::default()
+        };
+        self.set_secret_with(name, value, opts)
     }
 
     /// Sets `enabled` on the latest version of `name`; no-op when it does not exist.
