@@ -73,14 +73,14 @@ pub fn parse_glob(s: &str) -> Result<String, String> {
     glob(s).map(|_| s.to_owned())
 }
 
-fn glob(s: &str) -> Result<Glob, String> {
+pub(crate) fn glob(s: &str) -> Result<Glob, String> {
     GlobBuilder::new(s)
         .case_insensitive(true)
         .build()
         .map_err(|e| format!("not a glob: {e}"))
 }
 
-fn glob_set<'a>(globs: impl IntoIterator<Item = &'a str>) -> Result<GlobSet, String> {
+pub(crate) fn glob_set<'a>(globs: impl IntoIterator<Item = &'a str>) -> Result<GlobSet, String> {
     let mut set = GlobSetBuilder::new();
     for g in globs {
         set.add(glob(g)?);

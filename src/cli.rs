@@ -13,6 +13,8 @@ use crate::audit::{AuditTarget, parse_target};
 use crate::auth::AuthMode;
 use crate::fs::Rotation;
 use crate::logs::LogFormat;
+use crate::views::decode::{DecodeRule, Decoding, parse_decode_rule};
+use crate::views::names::{Alias, NameMap, parse_alias};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -219,6 +221,37 @@ pub struct MountOptions {
     /// --include.
     #[arg(long, value_name = "GLOB", env = "KVFS_EXCLUDE", value_delimiter = ' ', value_parser = parse_glob, help_heading = "Permissions")]
     pub exclude: Vec<String>,
+
+    /// Serve the secrets whose names match GLOB decoded from base64 or hex (e.g.
+    /// 'tls-*=base64'); a value that does not decode is EIO on its file; repeatable, first
+    /// match wins.
+    #[arg(long, value_name = "GLOB=base64|hex", env = "KVFS_DECODE", value_delimiter = ' ', value_parser = parse_decode_rule, help_heading = "Views")]
+    pub decode: Vec<DecodeRule>,
+
+    /// Show the secrets whose names match GLOB and hold a JSON object also as a directory
+    /// NAME.d, one file per key, nested objects as subdirectories; repeatable.
+    #[arg(long, value_name = "GLOB", env = "KVFS_JSON_KEYS", value_delimiter = ' ', value_parser = parse_glob, help_heading = "Views")]
+    pub json_keys: Vec<String>,
+
+    /// Show secret SECRET also as file FILE (e.g. 'DB_PASSWORD=db-password'); repeatable.
+    #[arg(long, value_name = "FILE=SECRET", env = "KVFS_ALIAS", value_delimiter = ' ', value_parser = parse_alias, help_heading = "Views")]
+    pub alias: Vec<Alias>,
+
+    /// Show every secret also under the names apps use: env gives db-password as DB_PASSWORD
+    /// and ConnectionStrings--Main as ConnectionStrings:Main.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MAP",
+        env = "KVFS_NAME_MAP",
+        help_heading = "Views"
+    )]
+    pub name_map: Option<NameMap>,
+
+    /// Add MOUNTPOINT/.env: NAME=value lines of the secrets whose names match GLOB (names as
+    /// --name-map env gives them), quoted for `set -a; source` and dotenv; repeatable.
+    #[arg(long, value_name = "GLOB", env = "KVFS_ENV_FILE", value_delimiter = ' ', value_parser = parse_glob, help_heading = "Views")]
+    pub env_file: Vec<String>,
 
     /// Append one JSON line per open of a secret (time, secret, version, pid, uid, gid,
     /// command, container) to this file (created 0600), or - for standard output. Turns
@@ -445,6 +478,38 @@ impl clap::ValueEnum for Rotation {
                 "One inode per name; each open reads the version current at open time, straight \
                  from kvfs (direct I/O, no page cache). Never torn, and bind-mounted files \
                  follow rotations, at the cost of a few kernel round trips per open",
+            ),
+        })
+    }
+}
+
+/// `--decode`'s encodings.
+impl clap::ValueEnum for Decoding {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Decoding::Base64, Decoding::Hex]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            Decoding::Base64 => PossibleValue::new("base64")
+                .help("RFC 4648 base64, standard or URL-safe alphabet, padding optional"),
+            Decoding::Hex => PossibleValue::new("hex").help("Two hex digits per byte, either case"),
+        })
+    }
+}
+
+/// `--name-map`'s maps.
+impl clap::ValueEnum for NameMap {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[NameMap::Env]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(match self {
+            NameMap::Env => clap::builder::PossibleValue::new("env").help(
+                "db-password also as DB_PASSWORD; ConnectionStrings--Main also as \
+                 ConnectionStrings:Main and CONNECTIONSTRINGS__MAIN",
             ),
         })
     }

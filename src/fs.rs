@@ -38,20 +38,24 @@ use crate::store::SecretStore;
 mod attr;
 mod changes;
 mod dir;
+mod env_file;
 mod error;
 mod handles;
 mod inodes;
 mod state;
 #[cfg(test)]
 mod tests;
+mod view;
 mod xattr;
 
 pub use dir::{DirEntry, Entries};
 pub use error::{FsError, FsResult};
 pub use state::FsState;
+pub use view::{ENV_FILE, Render, ViewRules};
 
 use handles::{Handles, Pinned};
 use inodes::{Inodes, Key};
+use view::Derived;
 
 pub const ROOT: u64 = INodeNo::ROOT.0;
 /// `.versions`: one directory per secret, one file per version. Not listed in the root.
@@ -110,40 +114,57 @@ pub struct Entry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Opened {
     pub handle: Option<u64>,
-    pub name: SecretName,
+    /// The secret's name (`.env` for the env file).
+    pub name: String,
     pub version: Option<String>,
 }
 
-/// Bytes of a secret to send back for a read, without copying them out of the cache.
+/// Bytes of a file to send back for a read: a secret's value without copying it out of the
+/// cache, or a view's bytes, computed for this read.
 pub struct ReadData {
-    secret: Arc<Secret>,
+    bytes: Bytes,
     range: Range<usize>,
+}
+
+enum Bytes {
+    Value(Arc<Secret>),
+    Rendered(zeroize::Zeroizing<Vec<u8>>),
+}
+
+impl Bytes {
+    fn all(&self) -> &[u8] {
+        match self {
+            Self::Value(secret) => secret.value.as_bytes(),
+            Self::Rendered(bytes) => bytes,
+        }
+    }
 }
 
 impl std::fmt::Debug for ReadData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ReadData({:?} of {:?})", self.range, self.secret.value)
+        write!(
+            f,
+            "ReadData({:?} of {} bytes)",
+            self.range,
+            self.bytes.all().len()
+        )
     }
 }
 
 impl ReadData {
-    /// `size` bytes at `offset`, clamped to the value: past the end is an empty read.
-    fn new(secret: Arc<Secret>, offset: u64, size: u32) -> Self {
-        let len = secret.value.len();
+    /// `size` bytes at `offset`, clamped to the bytes: past the end is an empty read.
+    fn new(bytes: Bytes, offset: u64, size: u32) -> Self {
+        let len = bytes.all().len();
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
         let end = start.saturating_add(size as usize).min(len);
         Self {
-            secret,
+            bytes,
             range: start..end,
         }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        self.secret
-            .value
-            .as_bytes()
-            .get(self.range.clone())
-            .unwrap_or_default()
+        self.bytes.all().get(self.range.clone()).unwrap_or_default()
     }
 }
 
@@ -162,6 +183,8 @@ pub trait Invalidate: Send + Sync {
 /// inodes the kernel keeps. A value evicted meanwhile is fetched again by its exact version.
 struct Held {
     properties: SecretProperties,
+    /// How the file shows the value, and the size it shows.
+    render: Render,
     size: u64,
     value: Weak<Secret>,
     /// Set when Key Vault said this version is disabled or gone: reads get its error.
@@ -172,10 +195,20 @@ impl Held {
     fn new(secret: &Arc<Secret>) -> Self {
         Self {
             properties: secret.properties.clone(),
+            render: Render::Value,
             size: secret.value.len() as u64,
             value: Arc::downgrade(secret),
             revoked: None,
         }
+    }
+
+    /// `secret` as `render` shows it; an error when the value does not fit the view.
+    fn rendered(secret: &Arc<Secret>, render: Render) -> FsResult<Self> {
+        Ok(Self {
+            size: render.size(secret)?,
+            render,
+            ..Self::new(secret)
+        })
     }
 
     fn version(&self) -> &str {
@@ -185,10 +218,28 @@ impl Held {
 
 /// What an inode is. A new kind of node is a variant here and the file that serves it.
 enum Node {
-    /// One version of a secret, readable until the kernel forgets it.
+    /// One version of a secret as a file (its value, or a view of it), readable until the
+    /// kernel forgets it.
     File(Held),
     /// `.versions/<name>`.
     VersionsOf(SecretName),
+    /// `<name>.d` and its subdirectories: a JSON object of one version, by path of keys.
+    JsonDir(Held, Vec<String>),
+    /// `.env`: the versions it renders, and its size.
+    EnvFile(Vec<SecretProperties>, u64),
+}
+
+impl Node {
+    /// The versions this node serves (what a refresh revalidates while the kernel holds it).
+    fn sources(&self) -> Vec<&SecretProperties> {
+        match self {
+            Self::File(held) | Self::JsonDir(held, _) if held.revoked.is_none() => {
+                vec![&held.properties]
+            }
+            Self::EnvFile(sources, _) => sources.iter().collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 pub struct SecretFs {
@@ -202,6 +253,7 @@ pub struct SecretFs {
     runtime: Handle,
     config: FsConfig,
     access: AccessRules,
+    views: ViewRules,
     inodes: Mutex<Inodes>,
     invalidator: OnceLock<Box<dyn Invalidate>>,
     listings: dir::Listings,
@@ -218,6 +270,7 @@ impl SecretFs {
             runtime,
             config,
             access: AccessRules::default(),
+            views: ViewRules::default(),
             inodes: Mutex::new(Inodes::new(FIRST_DYNAMIC)),
             invalidator: OnceLock::new(),
             listings: dir::Listings::default(),
@@ -228,6 +281,12 @@ impl SecretFs {
     /// Per-name owners and visibility (default: every secret shown, owned as `FsConfig` says).
     pub fn with_access(mut self, access: AccessRules) -> Self {
         self.access = access;
+        self
+    }
+
+    /// The views this mount shows (default: certificate views only).
+    pub fn with_views(mut self, views: ViewRules) -> Self {
+        self.views = views;
         self
     }
 
@@ -291,16 +350,15 @@ impl SecretFs {
     pub async fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
         let (attr, listed_spelling) = match parent {
             ROOT if name == VERSIONS_DIR => (self.dir_attr(VERSIONS, None), true),
-            ROOT => {
-                let name = self.visible(parse_name(name)?)?;
-                let secret = self
-                    .wait(self.cache.get(&name))
-                    .await
-                    .inspect_err(|e| self.learn_gone(&name, None, e))?;
-                let listed = secret.properties.name.as_str() == name.as_str();
-                let per_name = self.config.rotation == Rotation::InPlace;
-                (self.remember(secret, per_name), listed)
-            }
+            ROOT => match name.to_str().and_then(|file| self.views.resolve(file)) {
+                Some(derived) => (self.lookup_derived(derived).await?, true),
+                None => {
+                    let name = self.visible(parse_name(name)?)?;
+                    let render = self.views.own_render(&name);
+                    let per_name = self.config.rotation == Rotation::InPlace;
+                    self.lookup_file(&name, render, per_name).await?
+                }
+            },
             VERSIONS => {
                 let name = self.visible(parse_name(name)?)?;
                 // Exists when Key Vault lists versions for it (a disabled secret has some too).
@@ -314,9 +372,13 @@ impl SecretFs {
             }
             other => {
                 let of = match self.inodes().get(other) {
-                    Some(Node::VersionsOf(name)) => name.clone(),
-                    Some(Node::File(_)) => return Err(FsError::NotDir),
+                    Some(Node::VersionsOf(name)) => Some(name.clone()),
+                    Some(Node::JsonDir(..)) => None,
+                    Some(Node::File(_) | Node::EnvFile(..)) => return Err(FsError::NotDir),
                     None => return Err(FsError::NotFound),
+                };
+                let Some(of) = of else {
+                    return self.lookup_json_key(other, name).await;
                 };
                 let version = name
                     .to_str()
@@ -328,10 +390,14 @@ impl SecretFs {
                     .inspect_err(|e| self.learn_gone(&of, Some(version), e))?;
                 // Version ids are lowercase: another spelling is not remembered long.
                 let listed = secret.properties.version.as_deref() == Some(version);
-                (self.remember(secret, false), listed)
+                (self.remember(secret, Render::Value, false)?, listed)
             }
         };
-        Ok(Entry {
+        Ok(self.entry(attr, listed_spelling))
+    }
+
+    fn entry(&self, attr: FileAttr, listed_spelling: bool) -> Entry {
+        Entry {
             attr,
             entry_ttl: if listed_spelling {
                 self.config.entry_ttl
@@ -339,30 +405,121 @@ impl SecretFs {
                 SPELLING_TTL
             },
             attr_ttl: self.config.attr_ttl,
-        })
+        }
     }
 
-    /// Gives the inode for this exact version (new or existing) one more kernel reference.
-    /// With `per_name`, the inode is the name's one inode, now holding this version.
-    fn remember(&self, secret: Arc<Secret>, per_name: bool) -> FileAttr {
-        let key = if per_name {
-            Key::Version(secret.properties.name.key(), String::new())
-        } else {
-            version_key(&secret.properties)
+    /// The current version of `name` as a file shown by `render`, and whether `name` is the
+    /// vault's spelling.
+    async fn lookup_file(
+        &self,
+        name: &SecretName,
+        render: Render,
+        per_name: bool,
+    ) -> FsResult<(FileAttr, bool)> {
+        let secret = self.current(name).await?;
+        if matches!(render, Render::Cert(_)) && !view::is_certificate(&secret) {
+            return Err(FsError::NotFound);
+        }
+        let listed = secret.properties.name.as_str() == name.as_str();
+        Ok((self.remember(secret, render, per_name)?, listed))
+    }
+
+    /// The current version of a visible secret, from the cache or Key Vault.
+    async fn current(&self, name: &SecretName) -> FsResult<Arc<Secret>> {
+        self.wait(self.cache.get(name))
+            .await
+            .inspect_err(|e| self.learn_gone(name, None, e))
+    }
+
+    /// A root name that stands for a view or another name of a secret.
+    async fn lookup_derived(&self, derived: Derived) -> FsResult<FileAttr> {
+        match derived {
+            Derived::Alias(name) => {
+                let name = self.visible(name)?;
+                let render = self.views.own_render(&name);
+                let per_name = self.config.rotation == Rotation::InPlace;
+                Ok(self.lookup_file(&name, render, per_name).await?.0)
+            }
+            Derived::Cert(name, view) => {
+                let name = self.visible(name)?;
+                Ok(self.lookup_file(&name, Render::Cert(view), false).await?.0)
+            }
+            Derived::JsonDir(name) => {
+                let name = self.visible(name)?;
+                let secret = self.current(&name).await?;
+                // Malformed JSON is EIO on the view; the secret's own file is untouched.
+                Render::JsonKey(Vec::new()).check_json(&secret)?;
+                let held = Held::new(&secret);
+                let key = Key::JsonDir(
+                    secret.properties.name.key(),
+                    held.version().to_owned(),
+                    Vec::new(),
+                );
+                let mut inodes = self.inodes();
+                let (ino, _) = inodes.look_up(key, || Node::JsonDir(held, Vec::new()));
+                Ok(self.dir_attr(ino, Some(&secret.properties.name)))
+            }
+            Derived::EnvFile => self.lookup_env_file().await,
+        }
+    }
+
+    /// `key` in the JSON directory `dir`: a subdirectory for an object, else a file.
+    async fn lookup_json_key(&self, dir: u64, key: &OsStr) -> FsResult<Entry> {
+        let key = key.to_str().ok_or(FsError::NotFound)?;
+        let path = match self.inodes().get(dir) {
+            Some(Node::JsonDir(_, path)) => path.clone(),
+            _ => return Err(FsError::NotDir),
         };
+        let secret = self.secret(dir).await?;
+        let mut child = path;
+        child.push(key.to_owned());
+        let attr = match view::json_entry(&secret, &child)? {
+            view::JsonKind::Dir => {
+                let held = Held::new(&secret);
+                let node_key = Key::JsonDir(
+                    secret.properties.name.key(),
+                    held.version().to_owned(),
+                    child.clone(),
+                );
+                let mut inodes = self.inodes();
+                let (ino, _) = inodes.look_up(node_key, || Node::JsonDir(held, child));
+                self.dir_attr(ino, Some(&secret.properties.name))
+            }
+            view::JsonKind::Leaf => self.remember(secret, Render::JsonKey(child), false)?,
+        };
+        Ok(self.entry(attr, true))
+    }
+
+    /// Gives the inode for this exact version shown by `render` (new or existing) one more
+    /// kernel reference. With `per_name`, the inode is the name's one inode, now holding this
+    /// version.
+    fn remember(&self, secret: Arc<Secret>, render: Render, per_name: bool) -> FsResult<FileAttr> {
+        let key = Key::Version(
+            secret.properties.name.key(),
+            if per_name {
+                String::new()
+            } else {
+                secret.properties.version.clone().unwrap_or_default()
+            },
+            render.clone(),
+        );
+        let held = Held::rendered(&secret, render)?;
         let mut inodes = self.inodes();
-        let (ino, node) = inodes.look_up(key, || Node::File(Held::new(&secret)));
-        match node {
+        let mut fresh = Some(held);
+        let (ino, node) = inodes.look_up(key, || Node::File(fresh.take().expect("made once")));
+        Ok(match node {
             Node::File(held) => {
-                if per_name {
-                    *held = Held::new(&secret);
+                if per_name && let Some(current) = fresh {
+                    *held = current;
                 }
                 self.file_attr(ino, held)
             }
             // Unreachable by construction (file and directory keys differ); answering with
             // the directory is still a valid reply.
             Node::VersionsOf(name) => self.dir_attr(ino, Some(&*name)),
-        }
+            Node::JsonDir(held, _) => self.dir_attr(ino, Some(&held.properties.name)),
+            Node::EnvFile(_, size) => self.env_attr(ino, *size),
+        })
     }
 
     fn remember_versions_dir(&self, name: SecretName) -> FileAttr {
@@ -380,7 +537,8 @@ impl SecretFs {
     fn properties(&self, ino: u64) -> FsResult<SecretProperties> {
         match self.inodes().get(ino) {
             Some(Node::File(held)) => Ok(held.properties.clone()),
-            Some(Node::VersionsOf(_)) => Err(FsError::IsDir),
+            Some(Node::VersionsOf(_) | Node::JsonDir(..)) => Err(FsError::IsDir),
+            Some(Node::EnvFile(..)) => Err(FsError::NoAttribute),
             None if ino == ROOT || ino == VERSIONS => Err(FsError::IsDir),
             None => Err(FsError::NotFound),
         }
@@ -394,7 +552,7 @@ impl SecretFs {
             Err(properties) => properties,
         };
         let secret = self.fetch_exact(&properties).await?;
-        if let Some(Node::File(held)) = self.inodes().get_mut(ino)
+        if let Some(Node::File(held) | Node::JsonDir(held, _)) = self.inodes().get_mut(ino)
             && held.properties.version == secret.properties.version
             && held.revoked.is_none()
         {
@@ -407,11 +565,12 @@ impl SecretFs {
     /// version answers its revocation.
     fn in_memory(&self, ino: u64) -> FsResult<Result<Arc<Secret>, SecretProperties>> {
         match self.inodes().get(ino) {
-            Some(Node::File(held)) => match held.revoked {
+            Some(Node::File(held) | Node::JsonDir(held, _)) => match held.revoked {
                 Some(why) => Err(FsError::Store(why.error())),
                 None => Ok(held.value.upgrade().ok_or_else(|| held.properties.clone())),
             },
             Some(Node::VersionsOf(_)) => Err(FsError::IsDir),
+            Some(Node::EnvFile(..)) => Err(FsError::NotFound),
             None if ino == ROOT || ino == VERSIONS => Err(FsError::IsDir),
             None => Err(FsError::NotFound),
         }
@@ -434,17 +593,27 @@ impl SecretFs {
     /// kernel need not send opens at all); with in-place rotation the handle pins the version
     /// current now, so the file never changes under its reader.
     pub async fn open(&self, ino: u64) -> FsResult<Opened> {
+        if let Some(Node::EnvFile(..)) = self.inodes().get(ino) {
+            // One inode per set of versions: nothing to pin.
+            let handle = (self.config.rotation == Rotation::InPlace)
+                .then(|| self.handles.open(Pinned::Inode));
+            return Ok(Opened {
+                handle,
+                name: ENV_FILE.to_owned(),
+                version: None,
+            });
+        }
         match self.config.rotation {
             Rotation::NewInode => self.properties(ino).map(|p| Opened {
                 handle: None,
-                name: p.name,
+                name: p.name.as_str().to_owned(),
                 version: p.version,
             }),
             Rotation::InPlace => {
                 let secret = self.secret(ino).await?;
                 let opened = Opened {
                     handle: None,
-                    name: secret.properties.name.clone(),
+                    name: secret.properties.name.as_str().to_owned(),
                     version: secret.properties.version.clone(),
                 };
                 let handle = self.handles.open(Pinned::Value(secret));
@@ -460,9 +629,23 @@ impl SecretFs {
         self.handles.release(handle);
     }
 
-    /// Reads `size` bytes at `offset` of the version `handle` pinned (or the inode's own),
-    /// clamped to the value: past the end is an empty read.
+    /// Reads `size` bytes at `offset` of the version `handle` pinned (or the inode's own), as
+    /// the inode shows it, clamped: past the end is an empty read.
     pub async fn read(&self, ino: u64, handle: u64, offset: u64, size: u32) -> FsResult<ReadData> {
+        let render = match self.inodes().get(ino) {
+            Some(Node::File(held)) => Ok(held.render.clone()),
+            Some(Node::EnvFile(sources, _)) => Err(sources.clone()),
+            Some(Node::VersionsOf(_) | Node::JsonDir(..)) => return Err(FsError::IsDir),
+            None if ino == ROOT || ino == VERSIONS => return Err(FsError::IsDir),
+            None => return Err(FsError::NotFound),
+        };
+        let render = match render {
+            Ok(render) => render,
+            Err(sources) => {
+                let bytes = self.render_env_file(&sources).await?;
+                return Ok(ReadData::new(Bytes::Rendered(bytes), offset, size));
+            }
+        };
         let secret = match self.pinned(handle)? {
             Some(Ok(secret)) => secret,
             Some(Err(properties)) => {
@@ -474,7 +657,11 @@ impl SecretFs {
             }
             None => self.secret(ino).await?,
         };
-        Ok(ReadData::new(secret, offset, size))
+        let bytes = match render {
+            Render::Value => Bytes::Value(secret),
+            view => Bytes::Rendered(view.apply(&secret)?),
+        };
+        Ok(ReadData::new(bytes, offset, size))
     }
 
     /// The version `handle` pinned, if it is an in-place handle (its properties if it must be
@@ -484,7 +671,7 @@ impl SecretFs {
             Some(Pinned::Value(secret)) => Ok(Some(Ok(secret.clone()))),
             Some(Pinned::Unfetched(properties)) => Ok(Some(Err(properties.clone()))),
             Some(Pinned::Revoked(why)) => Err(FsError::Store(why.error())),
-            None => Ok(None),
+            Some(Pinned::Inode) | None => Ok(None),
         }
     }
 }
@@ -494,8 +681,4 @@ fn parse_name(name: &OsStr) -> FsResult<SecretName> {
     name.to_str()
         .and_then(SecretName::parse)
         .ok_or(FsError::InvalidName)
-}
-
-fn version_key(p: &SecretProperties) -> Key {
-    Key::Version(p.name.key(), p.version.clone().unwrap_or_default())
 }

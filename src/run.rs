@@ -26,7 +26,7 @@ use crate::auth::{self, AuthConfig, AuthMode, RenewableCredential, UserAssigned}
 use crate::cache::{CacheConfig, SecretCache};
 use crate::cli::{IdentityArgs, MountArgs, MountOptions, NetworkArgs};
 use crate::error::{Forbidden, StoreError};
-use crate::fs::{FsConfig, SecretFs};
+use crate::fs::{FsConfig, SecretFs, ViewRules};
 use crate::fuse::{FuseAdapter, KernelInvalidator};
 use crate::handoff::{self, relay::Relay};
 use crate::metrics;
@@ -209,6 +209,8 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         start_metrics(runtime, &plan)?;
     }
     let access = AccessRules::new(&o.owner, &o.include, &o.exclude).map_err(RunError::Setup)?;
+    let views = ViewRules::new(&o.decode, &o.json_keys, &o.alias, o.name_map, &o.env_file)
+        .map_err(RunError::Setup)?;
     let audit = o
         .audit_log
         .as_ref()
@@ -242,7 +244,8 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             request_timeout: o.request_timeout,
         },
     )
-    .with_access(access);
+    .with_access(access)
+    .with_views(views);
     let fsname = format!("kvfs:{}", plan.vault_url.host_str().unwrap_or("vault"));
     let mut config = FuseConfig::default();
     config.mount_options = vec![
@@ -574,7 +577,29 @@ fn settings(plan: &Plan, uid: u32, gid: u32, every_open: bool) -> handoff::contr
         owner_rules: o.owner.iter().map(|r| format!("{r:?}")).collect(),
         include: o.include.clone(),
         exclude: o.exclude.clone(),
+        views: view_flags(o),
     }
+}
+
+/// The view flags, as a successor must repeat them: they decide what existing inodes show.
+fn view_flags(o: &crate::cli::MountOptions) -> Vec<String> {
+    let mut flags = Vec::new();
+    for r in &o.decode {
+        flags.push(format!("--decode {}={:?}", r.glob, r.decoding));
+    }
+    for g in &o.json_keys {
+        flags.push(format!("--json-keys {g}"));
+    }
+    for a in &o.alias {
+        flags.push(format!("--alias {}={}", a.file_name, a.secret.as_str()));
+    }
+    if let Some(map) = o.name_map {
+        flags.push(format!("--name-map {map:?}"));
+    }
+    for g in &o.env_file {
+        flags.push(format!("--env-file {g}"));
+    }
+    flags
 }
 
 /// Waits (bounded) until the process `pid` is gone, so that what it held (the metrics port,

@@ -11,7 +11,7 @@
 //! The protocol, one byte at a time over a socketpair:
 //! - `A` (armed): the mount is up. Before it, the guard never unmounts anything: the path may
 //!   hold another kvfs's mount (a refused start). The guard notes which mount the path holds
-//!   now (its mount id, by statx without asking kvfs anything).
+//!   now (its mount id, by statx without asking kvfs anything), then answers one byte.
 //! - `D` (detach): `umount2(MNT_DETACH)` now, falling back to `fusermount3 -u -z` on EPERM (a
 //!   user's mount); EINVAL (nothing mounted there any more) counts as done. The guard answers
 //!   with the errno as 4 bytes (0 = detached) and exits.
@@ -122,11 +122,17 @@ impl UnmountGuard {
         self.pid.unsigned_abs()
     }
 
-    /// Tells the guard that the mount is up: from now on, kvfs's death detaches it.
+    /// Tells the guard that the mount is up: from now on, kvfs's death detaches it. Returns
+    /// once the guard noted which mount it guards.
     pub fn arm(&self) -> io::Result<()> {
         let mut channel = self.lock();
         let stream = channel.as_mut().ok_or_else(gone)?;
-        send(stream, ARM)
+        send(stream, ARM)?;
+        stream.set_read_timeout(Some(ANSWER_WITHIN))?;
+        let mut noted = [0u8; 1];
+        stream
+            .read_exact(&mut noted)
+            .map_err(|e| io::Error::new(e.kind(), format!("the unmount guard did not answer: {e}")))
     }
 
     /// Detaches the mount now (lazily: holders of open files keep being answered) and waits
@@ -323,7 +329,10 @@ fn child_main(plan: &ChildPlan, parents_end: libc::c_int, ours: libc::c_int) -> 
                 continue;
             }
             match (n, byte) {
-                (1, ARM) => armed = Some(mount_id(&plan.mountpoint)),
+                (1, ARM) => {
+                    armed = Some(mount_id(&plan.mountpoint));
+                    libc::write(CHANNEL_FD, (&raw const byte).cast(), 1);
+                }
                 (1, DETACH) => {
                     let answer = detach(plan).to_le_bytes();
                     libc::write(CHANNEL_FD, answer.as_ptr().cast(), answer.len());

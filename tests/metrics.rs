@@ -90,7 +90,9 @@ fn counters_move_by_what_reads_cost() {
     env.vault().set_secret("beta", "second value");
     let m = env.mount(&["--metrics-addr", "127.0.0.1:0", "--list-ttl", "1h"]);
     let addr = metrics_addr(&m);
-    assert_eq!(get(addr, "/healthz").0, 200);
+    // kvfs says it is mounted just after the mount answers (the test's signal that it is up).
+    let healthy = eventually(Duration::from_secs(3), || get(addr, "/healthz").0 == 200);
+    assert!(healthy, "/healthz: {}", get(addr, "/healthz").1);
     // The startup check's listing made kvfs ready; the scrape says why if it is not.
     let ready = eventually(Duration::from_secs(3), || get(addr, "/readyz").0 == 200);
     assert!(

@@ -17,6 +17,8 @@ impl SecretFs {
             _ => match self.inodes().get(ino) {
                 Some(Node::File(held)) => self.file_attr(ino, held),
                 Some(Node::VersionsOf(name)) => self.dir_attr(ino, Some(name)),
+                Some(Node::JsonDir(held, _)) => self.dir_attr(ino, Some(&held.properties.name)),
+                Some(Node::EnvFile(_, size)) => self.env_attr(ino, *size),
                 None => return Err(FsError::NotFound),
             },
         };

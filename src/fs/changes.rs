@@ -18,8 +18,7 @@ impl SecretFs {
     pub fn in_use(&self) -> Vec<SecretProperties> {
         let inodes = self.inodes();
         let mut newest: HashMap<String, &SecretProperties> = HashMap::new();
-        for held in live_files(&inodes) {
-            let p = &held.properties;
+        for p in live_sources(&inodes) {
             let slot = newest.entry(p.name.key()).or_insert(p);
             if p.updated > slot.updated {
                 *slot = p;
@@ -49,8 +48,8 @@ impl SecretFs {
                 versions.push(version.clone());
             }
         };
-        for held in live_files(&self.inodes()) {
-            add(&held.properties);
+        for p in live_sources(&self.inodes()) {
+            add(p);
         }
         for pinned in self.handles.lock().values() {
             if let Some(properties) = pinned.properties() {
@@ -105,22 +104,26 @@ impl SecretFs {
         let name_key = name.key();
         let mut guard = self.inodes();
         let inodes = &mut *guard;
+        // Every node serving the version: its file, its views, its JSON directories.
         let mut revoked = Vec::new();
         let mut keys = Vec::new();
-        for (key_version, ino) in inodes.files_of(&name_key) {
-            let Some(Node::File(held)) = inodes.get(ino) else {
+        for (ino, slot) in inodes.nodes() {
+            let (Node::File(held) | Node::JsonDir(held, _)) = &slot.node else {
                 continue;
             };
-            if version.is_none_or(|v| held.version() == v) && held.revoked.is_none() {
+            if held.properties.name.key() == name_key
+                && version.is_none_or(|v| held.version() == v)
+                && held.revoked.is_none()
+            {
                 revoked.push(ino);
-                keys.push(Key::Version(name_key.clone(), key_version.to_owned()));
+                keys.push(slot.key.clone());
             }
         }
         for key in keys {
             inodes.release(&key);
         }
         for ino in &revoked {
-            if let Some(Node::File(held)) = inodes.get_mut(*ino) {
+            if let Some(Node::File(held) | Node::JsonDir(held, _)) = inodes.get_mut(*ino) {
                 held.revoked = Some(why);
                 held.value = Weak::new();
             }
@@ -181,6 +184,23 @@ impl SecretFs {
             }
             if !matches!(change, Change::VersionGone(..)) {
                 invalidator.entry(ROOT, name.as_str());
+                // Its views and other names are looked up anew too (certificate views while
+                // the secret is, or a held file shows it as, a certificate).
+                let certificate = self
+                    .cache
+                    .peek(name)
+                    .is_some_and(|s| super::view::is_certificate(&s))
+                    || self.inodes().nodes().any(|(_, slot)| {
+                        matches!(&slot.node, Node::File(held)
+                            if held.properties.name.key() == name.key()
+                                && matches!(held.render, super::Render::Cert(_)))
+                    });
+                for (other, _) in self.views.names_of(name, certificate) {
+                    invalidator.entry(ROOT, &other);
+                }
+                if self.views.in_env_file(name) {
+                    invalidator.entry(ROOT, super::ENV_FILE);
+                }
             }
             tracing::debug!(?change, "kernel entry invalidated");
         }
@@ -190,21 +210,28 @@ impl SecretFs {
     /// before keep reading their handle's version.
     fn swap_in_place(&self, current: Arc<Secret>) -> Option<u64> {
         let mut inodes = self.inodes();
-        let key = Key::Version(current.properties.name.key(), String::new());
-        let ino = inodes.find(&key)?;
+        let name_key = current.properties.name.key();
+        let ino = inodes
+            .files_of(&name_key)
+            .find(|(version, _)| version.is_empty())
+            .map(|(_, ino)| ino)?;
         if let Some(Node::File(held)) = inodes.get_mut(ino) {
-            *held = Held::new(&current);
+            // A value that no longer fits the view keeps the old one until the next lookup,
+            // which answers EIO.
+            if let Ok(swapped) = Held::rendered(&current, held.render.clone()) {
+                *held = swapped;
+            }
         }
         Some(ino)
     }
 }
 
-/// File nodes the kernel holds that still serve their version.
-fn live_files(inodes: &Inodes) -> impl Iterator<Item = &Held> {
-    inodes.nodes().filter_map(|(_, slot)| match &slot.node {
-        Node::File(held) if slot.lookups > 0 && held.revoked.is_none() => Some(held),
-        _ => None,
-    })
+/// The versions the nodes the kernel holds still serve.
+fn live_sources(inodes: &Inodes) -> impl Iterator<Item = &SecretProperties> {
+    inodes
+        .nodes()
+        .filter(|(_, slot)| slot.lookups > 0)
+        .flat_map(|(_, slot)| slot.node.sources())
 }
 
 /// Revoked file inodes of `name_key` the kernel still holds, with their versions.

@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use fuser::FileType;
 
-use super::{FsError, FsResult, Node, ROOT, SecretFs, VERSIONS};
+use super::{ENV_FILE, FsError, FsResult, Node, ROOT, SecretFs, VERSIONS};
 use crate::secret::SecretName;
 use crate::store::{Listing, SecretStore};
+use crate::views::cert;
 
 /// Inode numbers handed out in directory listings for names not looked up yet. A listing never
 /// fetches values, so it cannot know a secret's version; these never collide with real inodes.
@@ -88,19 +89,46 @@ impl SecretFs {
                 } else {
                     FileType::Directory
                 };
-                let names = listing
+                let visible = listing
                     .iter()
-                    .filter(|p| p.enabled && self.access.visible(p.name.as_str()))
-                    .map(|p| (listing_ino(&p.name), kind, p.name.as_str().to_owned()));
-                let entries = Arc::new(dir_entries(ino, ROOT, names));
+                    .filter(|p| p.enabled && self.access.visible(p.name.as_str()));
+                let mut names = Vec::new();
+                for p in visible {
+                    names.push((listing_ino(&p.name), kind, p.name.as_str().to_owned()));
+                    if ino == ROOT {
+                        // Views and other names, as the listing's metadata tells them.
+                        let certificate = cert::is_certificate(p.content_type.as_deref());
+                        for (other, is_dir) in self.views.names_of(&p.name, certificate) {
+                            let kind = if is_dir {
+                                FileType::Directory
+                            } else {
+                                FileType::RegularFile
+                            };
+                            names.push((listing_ino_str(&other), kind, other));
+                        }
+                    }
+                }
+                if ino == ROOT && self.views.env_file() {
+                    names.push((
+                        listing_ino_str(ENV_FILE),
+                        FileType::RegularFile,
+                        ENV_FILE.into(),
+                    ));
+                }
+                let entries = Arc::new(dir_entries(ino, ROOT, names.into_iter()));
                 built.insert(ino, (listing, entries.clone()));
                 Ok(entries)
             }
             _ => {
                 let name = match self.inodes().get(ino) {
-                    Some(Node::VersionsOf(name)) => name.clone(),
-                    Some(Node::File(_)) => return Err(FsError::NotDir),
+                    Some(Node::VersionsOf(name)) => Ok(name.clone()),
+                    Some(Node::JsonDir(_, path)) => Err(path.clone()),
+                    Some(Node::File(_) | Node::EnvFile(..)) => return Err(FsError::NotDir),
                     None => return Err(FsError::NotFound),
+                };
+                let name = match name {
+                    Ok(name) => name,
+                    Err(path) => return self.json_entries(ino, &path).await,
                 };
                 let versions = self.wait(self.cache.list_versions(&name)).await?;
                 let files = versions
@@ -110,6 +138,24 @@ impl SecretFs {
                 Ok(Arc::new(dir_entries(ino, VERSIONS, files)))
             }
         }
+    }
+}
+
+impl SecretFs {
+    /// A JSON directory's keys, from its version's value.
+    async fn json_entries(&self, ino: u64, path: &[String]) -> FsResult<Entries> {
+        let secret = self.secret(ino).await?;
+        let children = super::view::json_children(&secret, path)?;
+        let files = children.into_iter().map(|(key, kind)| {
+            let kind = match kind {
+                super::view::JsonKind::Dir => FileType::Directory,
+                super::view::JsonKind::Leaf => FileType::RegularFile,
+            };
+            (listing_ino_str(&key), kind, key)
+        });
+        // `..` of a JSON directory: the kernel keeps the real parent; the root is as good a
+        // number as any for a listing.
+        Ok(Arc::new(dir_entries(ino, ROOT, files)))
     }
 }
 

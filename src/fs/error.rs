@@ -18,6 +18,10 @@ pub enum FsError {
     ReadOnly,
     #[error("no such attribute")]
     NoAttribute,
+    /// The value does not fit a view (not base64, not JSON, not a certificate): EIO on the
+    /// view, with a reason that never holds a byte of the value.
+    #[error("view of {name}: {reason}")]
+    View { name: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -31,6 +35,7 @@ impl FsError {
             Self::IsDir => libc::EISDIR,
             Self::ReadOnly => libc::EROFS,
             Self::NoAttribute => libc::ENODATA,
+            Self::View { .. } => libc::EIO,
             Self::Store(e) => e.errno(),
         }
     }
@@ -43,7 +48,7 @@ impl FsError {
             | Self::Hidden
             | Self::NoAttribute
             | Self::ReadOnly => true,
-            Self::NotDir | Self::IsDir => false,
+            Self::NotDir | Self::IsDir | Self::View { .. } => false,
             Self::Store(e) => e.is_routine(),
         }
     }

@@ -16,6 +16,8 @@ pub(super) enum Pinned {
     /// first read.
     Unfetched(SecretProperties),
     Revoked(Revoked),
+    /// Nothing to pin: the inode's content never changes (the env file).
+    Inode,
 }
 
 impl Pinned {
@@ -23,7 +25,7 @@ impl Pinned {
         match self {
             Self::Value(secret) => Some(&secret.properties),
             Self::Unfetched(properties) => Some(properties),
-            Self::Revoked(_) => None,
+            Self::Revoked(_) | Self::Inode => None,
         }
     }
 }

@@ -11,15 +11,23 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::Node;
+use super::{Node, Render};
 
 /// What finds a node again. Ordered so that every file key of a name is one range.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(super) enum Key {
-    /// A secret's file: (name key, version id). Version "" is the name's one inode in place.
-    Version(String, String),
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Key {
+    /// A secret's file: (name key, version id, how it shows the value). Version "" is the
+    /// name's one inode in place.
+    Version(String, String, Render),
     /// `.versions/<name>`, by name key.
     VersionsOf(String),
+    /// A JSON secret's directory: (name key, version id, path of keys).
+    JsonDir(String, String, Vec<String>),
+    /// `.env`, by the versions it holds.
+    Env(String),
 }
 
 pub(super) struct Slot {
@@ -108,12 +116,12 @@ impl Inodes {
         self.keys.remove(key);
     }
 
-    /// The file nodes a name's key finds: (version key, inode).
+    /// The file nodes a name's keys find: (version key, inode).
     pub fn files_of<'a>(&'a self, name_key: &'a str) -> impl Iterator<Item = (&'a str, u64)> + 'a {
         self.keys
-            .range(Key::Version(name_key.to_owned(), String::new())..)
+            .range(Key::Version(name_key.to_owned(), String::new(), Render::Value)..)
             .map_while(move |(key, &ino)| match key {
-                Key::Version(n, v) if n == name_key => Some((v.as_str(), ino)),
+                Key::Version(n, v, _) if n == name_key => Some((v.as_str(), ino)),
                 _ => None,
             })
     }
@@ -176,7 +184,7 @@ mod tests {
         let mut keys = Vec::new();
         for name in ["a", "b", "c"] {
             for version in ["", "v1", "v2"] {
-                keys.push(Key::Version(name.into(), version.into()));
+                keys.push(Key::Version(name.into(), version.into(), Render::Value));
             }
             keys.push(Key::VersionsOf(name.into()));
         }
@@ -256,7 +264,10 @@ mod tests {
     fn a_names_files_are_one_range() {
         let mut table = Inodes::new(3);
         for (name, version) in [("a", "v1"), ("ab", "v1"), ("a", "v2"), ("b", "")] {
-            table.look_up(Key::Version(name.into(), version.into()), || dir("x"));
+            table.look_up(
+                Key::Version(name.into(), version.into(), Render::Value),
+                || dir("x"),
+            );
         }
         table.look_up(Key::VersionsOf("a".into()), || dir("a"));
         let a: Vec<_> = table.files_of("a").map(|(v, _)| v.to_owned()).collect();

@@ -10,7 +10,7 @@ use crate::cache::Revoked;
 use crate::secret::{SecretName, SecretProperties};
 
 use super::inodes::{Key, Slot};
-use super::{FIRST_DYNAMIC, Held, Inodes, Node, Pinned, SecretFs};
+use super::{FIRST_DYNAMIC, Held, Inodes, Node, Pinned, Render, SecretFs};
 
 /// The inode and handle table, as sent to a successor.
 #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -22,6 +22,9 @@ pub struct FsState {
     pub by_version: Vec<(String, String, u64)>,
     /// name key -> `.versions/<name>` inode.
     pub versions_of: Vec<(String, u64)>,
+    /// Keys of views and JSON directories (format 2).
+    #[serde(default)]
+    pub view_keys: Vec<(Key, u64)>,
     pub handles: Vec<(u64, HandleState)>,
 }
 
@@ -34,6 +37,22 @@ pub enum NodeState {
         properties: SecretProperties,
         size: u64,
         revoked: Option<Revoked>,
+        /// How the file shows the value (format 2; a format-1 file shows the value).
+        #[serde(default)]
+        render: Render,
+    },
+    JsonDir {
+        ino: u64,
+        lookups: u64,
+        properties: SecretProperties,
+        path: Vec<String>,
+        revoked: Option<Revoked>,
+    },
+    EnvFile {
+        ino: u64,
+        lookups: u64,
+        sources: Vec<SecretProperties>,
+        size: u64,
     },
     VersionsOf {
         ino: u64,
@@ -70,6 +89,20 @@ impl SecretFs {
                     properties: held.properties.clone(),
                     size: held.size,
                     revoked: held.revoked,
+                    render: held.render.clone(),
+                },
+                Node::JsonDir(held, path) => NodeState::JsonDir {
+                    ino,
+                    lookups: slot.lookups,
+                    properties: held.properties.clone(),
+                    path: path.clone(),
+                    revoked: held.revoked,
+                },
+                Node::EnvFile(sources, size) => NodeState::EnvFile {
+                    ino,
+                    lookups: slot.lookups,
+                    sources: sources.clone(),
+                    size: *size,
                 },
                 Node::VersionsOf(name) => NodeState::VersionsOf {
                     ino,
@@ -80,12 +113,14 @@ impl SecretFs {
             .collect();
         let mut by_version = Vec::new();
         let mut versions_of = Vec::new();
+        let mut view_keys = Vec::new();
         for (key, ino) in inodes.keys() {
             match key {
-                Key::Version(name, version) => {
-                    by_version.push((name.clone(), version.clone(), ino))
+                Key::Version(name, version, Render::Value) => {
+                    by_version.push((name.clone(), version.clone(), ino));
                 }
                 Key::VersionsOf(name) => versions_of.push((name.clone(), ino)),
+                other => view_keys.push((other.clone(), ino)),
             }
         }
         let next_ino = inodes.next();
@@ -108,6 +143,7 @@ impl SecretFs {
             nodes,
             by_version,
             versions_of,
+            view_keys,
             handles,
         }
     }
@@ -123,11 +159,12 @@ impl SecretFs {
         let in_range = |ino: u64| (FIRST_DYNAMIC..state.next_ino).contains(&ino);
         let mut keys = Vec::new();
         for (name, version, ino) in state.by_version {
-            keys.push((Key::Version(name, version), ino));
+            keys.push((Key::Version(name, version, Render::Value), ino));
         }
         for (name, ino) in state.versions_of {
             keys.push((Key::VersionsOf(name), ino));
         }
+        keys.extend(state.view_keys);
         if let Some((_, ino)) = keys.iter().find(|(_, ino)| !in_range(*ino)) {
             return Err(StateError::NodeOutOfRange(*ino));
         }
@@ -141,16 +178,55 @@ impl SecretFs {
                     properties,
                     size,
                     revoked,
+                    render,
                 } => {
                     handed_over.push(properties.name.clone());
-                    let own_key = super::version_key(&properties);
+                    let own_key = Key::Version(
+                        properties.name.key(),
+                        properties.version.clone().unwrap_or_default(),
+                        render.clone(),
+                    );
                     let held = Held {
                         properties,
+                        render,
                         size,
                         value: Weak::new(),
                         revoked,
                     };
                     (ino, lookups, Node::File(held), own_key)
+                }
+                NodeState::JsonDir {
+                    ino,
+                    lookups,
+                    properties,
+                    path,
+                    revoked,
+                } => {
+                    handed_over.push(properties.name.clone());
+                    let own_key = Key::JsonDir(
+                        properties.name.key(),
+                        properties.version.clone().unwrap_or_default(),
+                        path.clone(),
+                    );
+                    let held = Held {
+                        size: 0,
+                        render: Render::Value,
+                        properties,
+                        value: Weak::new(),
+                        revoked,
+                    };
+                    (ino, lookups, Node::JsonDir(held, path), own_key)
+                }
+                NodeState::EnvFile {
+                    ino,
+                    lookups,
+                    sources,
+                    size,
+                } => {
+                    handed_over.extend(sources.iter().map(|p| p.name.clone()));
+                    // Not found by its key after a handover: the next lookup makes a new one.
+                    let own_key = Key::Env(format!("handed over {ino}"));
+                    (ino, lookups, Node::EnvFile(sources, size), own_key)
                 }
                 NodeState::VersionsOf { ino, lookups, name } => {
                     let own_key = Key::VersionsOf(name.key());

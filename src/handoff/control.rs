@@ -28,7 +28,7 @@ use super::relay::Init;
 use crate::fs::FsState;
 
 /// The state format this kvfs writes. A successor reads every format up to its own.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 /// The largest frame accepted (an inode table of a few hundred thousand nodes).
 const MAX_FRAME: usize = 256 << 20;
 
@@ -59,6 +59,9 @@ pub struct Settings {
     pub owner_rules: Vec<String>,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// --decode, --json-keys, --alias, --name-map, --env-file (format 2).
+    #[serde(default)]
+    pub views: Vec<String>,
 }
 
 impl Settings {
@@ -107,6 +110,11 @@ impl Settings {
                 "--exclude",
                 self.exclude.join(" "),
                 successor.exclude.join(" "),
+            ),
+            (
+                "the view flags (--decode, --json-keys, --alias, --name-map, --env-file)",
+                self.views.join(" "),
+                successor.views.join(" "),
             ),
         ];
         pairs
@@ -230,6 +238,7 @@ mod tests {
             owner_rules: vec![],
             include: vec![],
             exclude: vec![],
+            views: vec![],
         }
     }
 

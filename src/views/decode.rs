@@ -19,7 +19,10 @@ use zeroize::Zeroizing;
 use crate::access::parse_glob;
 
 /// How a value is encoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Decoding {
     /// RFC 4648 base64, standard or URL-safe alphabet, padding optional.
     Base64,

@@ -82,7 +82,7 @@ pub fn parse_alias(s: &str) -> Result<Alias, String> {
 }
 
 /// A mapping between Key Vault names and the names applications use (`--name-map`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NameMap {
     /// Environment style and configuration-key style names (see the module doc).
     Env,
