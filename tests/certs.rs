@@ -77,7 +77,12 @@ fn nginx_serves_the_certificate_read_through_kvfs_before_and_after_a_rotation() 
         pfx.len() as u64
     );
     assert_eq!(version_of(&m.file("web-tls.crt")), v1);
-    let gets = env.counters().get_by_name.get("web-tls").copied().unwrap_or(0);
+    let gets = env
+        .counters()
+        .get_by_name
+        .get("web-tls")
+        .copied()
+        .unwrap_or(0);
     assert!(
         gets <= 1,
         "four views of one secret cost at most its one GET: {:?}",
