@@ -289,3 +289,40 @@ fn the_env_file_sources_back_exactly_and_rotates() {
     std::io::Read::read_to_string(&mut &held, &mut old).expect("held read");
     assert_eq!(old, text, "a held descriptor keeps its file");
 }
+
+#[test]
+fn views_under_in_place_rotation() {
+    let env = TestEnv::start();
+    env.vault().set_secret("blob", "b25l"); // "one"
+    env.vault().set_secret("cfg", r#"{"k":"one"}"#);
+    let m = env.mount(&[
+        "--rotation",
+        "in-place",
+        "--cache-ttl",
+        "1s",
+        "--decode",
+        "blob=base64",
+        "--alias",
+        "BLOB=blob",
+        "--json-keys",
+        "cfg",
+    ]);
+    assert_eq!(m.read("blob").expect("read"), b"one");
+    assert_eq!(m.read("BLOB").expect("alias"), b"one");
+    assert_eq!(std::fs::read(m.file("cfg.d/k")).expect("key"), b"one");
+    let held = std::fs::File::open(m.file("BLOB")).expect("open");
+    env.vault().set_secret("blob", "dGhyZWU="); // "three"
+    env.vault().set_secret("cfg", r#"{"k":"three"}"#);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            m.read("blob").is_ok_and(|b| b == b"three")
+                && m.read("BLOB").is_ok_and(|b| b == b"three")
+                && std::fs::read(m.file("cfg.d/k")).is_ok_and(|b| b == b"three")
+        }),
+        "in place, the name's one inode shows the new version, decoded"
+    );
+    assert_eq!(std::fs::metadata(m.file("blob")).expect("stat").len(), 5);
+    let mut old = Vec::new();
+    std::io::Read::read_to_end(&mut &held, &mut old).expect("held read");
+    assert_eq!(old, b"one", "an open handle keeps the version it pinned");
+}
