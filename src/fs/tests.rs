@@ -45,6 +45,25 @@ fn fixture_with(ttl: Duration, rotation: Rotation, capacity: usize) -> Fixture {
     store.put("api-key", "k");
     store.put("off", "x");
     store.set_enabled("off", false);
+    let fs = fs_over(store.clone(), &rt, ttl, rotation, capacity);
+    let invalidated = Arc::new(Mutex::new(Vec::new()));
+    fs.set_invalidator(Box::new(Recorder(invalidated.clone())));
+    Fixture {
+        _rt: rt,
+        store,
+        fs,
+        invalidated,
+    }
+}
+
+/// A filesystem over `store` (a second one over the same store plays a successor).
+fn fs_over(
+    store: Arc<MemoryStore>,
+    rt: &tokio::runtime::Runtime,
+    ttl: Duration,
+    rotation: Rotation,
+    capacity: usize,
+) -> SecretFs {
     let cache = SecretCache::new(
         store.clone(),
         CacheConfig {
@@ -57,7 +76,7 @@ fn fixture_with(ttl: Duration, rotation: Rotation, capacity: usize) -> Fixture {
             request_timeout: Duration::from_secs(10),
         },
     );
-    let fs = SecretFs::new(
+    SecretFs::new(
         cache,
         rt.handle().clone(),
         FsConfig {
@@ -71,15 +90,7 @@ fn fixture_with(ttl: Duration, rotation: Rotation, capacity: usize) -> Fixture {
             negative_ttl: Duration::from_secs(30),
             request_timeout: Duration::from_millis(200),
         },
-    );
-    let invalidated = Arc::new(Mutex::new(Vec::new()));
-    fs.set_invalidator(Box::new(Recorder(invalidated.clone())));
-    Fixture {
-        _rt: rt,
-        store,
-        fs,
-        invalidated,
-    }
+    )
 }
 
 impl Fixture {
@@ -583,4 +594,92 @@ fn open_names_the_version_read() {
         );
         assert_eq!(opened.handle.is_some(), rotation == Rotation::InPlace);
     }
+}
+
+fn views() -> ViewRules {
+    ViewRules::new(
+        &[crate::views::decode::parse_decode_rule("b64=base64").unwrap()],
+        &["cfg".to_owned()],
+        &[crate::views::names::parse_alias("PASSWORD=db-password").unwrap()],
+        None,
+        &["api-*".to_owned(), "db-*".to_owned()],
+    )
+    .unwrap()
+}
+
+/// Views survive a handover: the successor restores every view node with its number, its
+/// lookups and its render, reads the same bytes by exact version, and finds them by key.
+#[test]
+fn views_are_handed_over_with_their_renders() {
+    let mut f = fixture_with_ttl(Duration::from_secs(300));
+    f.store.put("b64", "aGk=");
+    f.store.put("cfg", r#"{"a":{"b":"deep"}}"#);
+    f.fs = std::mem::replace(
+        &mut f.fs,
+        fs_over(
+            f.store.clone(),
+            &f._rt,
+            Duration::ZERO,
+            Rotation::NewInode,
+            1,
+        ),
+    )
+    .with_views(views());
+    let fs = &f.fs;
+    let b64 = f.on(fs.lookup(ROOT, &os("b64"))).unwrap().attr;
+    let alias = f.on(fs.lookup(ROOT, &os("PASSWORD"))).unwrap().attr;
+    let dir = f.on(fs.lookup(ROOT, &os("cfg.d"))).unwrap().attr.ino.0;
+    let sub = f.on(fs.lookup(dir, &os("a"))).unwrap().attr.ino.0;
+    let leaf = f.on(fs.lookup(sub, &os("b"))).unwrap().attr;
+    let env = f.on(fs.lookup(ROOT, &os(ENV_FILE))).unwrap().attr;
+    let env_text = f
+        .on(fs.read(env.ino.0, 0, 0, 4096))
+        .unwrap()
+        .as_bytes()
+        .to_vec();
+    assert_eq!(env_text, b"API_KEY='k'\nDB_PASSWORD='hunter2'\n");
+    assert_eq!(b64.size, 2);
+    assert_eq!(leaf.size, 4);
+
+    let json = serde_json::to_vec(&fs.snapshot()).unwrap();
+    let successor = fs_over(
+        f.store.clone(),
+        &f._rt,
+        Duration::ZERO,
+        Rotation::NewInode,
+        1,
+    )
+    .with_views(views());
+    successor
+        .restore(serde_json::from_slice(&json).unwrap())
+        .unwrap();
+    for (ino, want) in [
+        (b64.ino.0, &b"hi"[..]),
+        (alias.ino.0, b"hunter2"),
+        (leaf.ino.0, b"deep"),
+        (env.ino.0, &env_text[..]),
+    ] {
+        let got = f.on(successor.read(ino, 0, 0, 4096)).unwrap();
+        assert_eq!(got.as_bytes(), want, "inode {ino}");
+        assert_eq!(successor.getattr(ino).unwrap().0.size, want.len() as u64);
+    }
+    // Found again by key: the same inodes, not new ones.
+    assert_eq!(
+        f.on(successor.lookup(ROOT, &os("b64"))).unwrap().attr.ino,
+        b64.ino
+    );
+    assert_eq!(
+        f.on(successor.lookup(ROOT, &os("cfg.d")))
+            .unwrap()
+            .attr
+            .ino
+            .0,
+        dir
+    );
+    assert_eq!(
+        f.on(successor.lookup(sub, &os("b"))).unwrap().attr.ino,
+        leaf.ino
+    );
+    let names: Vec<String> = f.on(successor.readdir(sub, 0)).map(names).unwrap();
+    assert_eq!(names, [".", "..", "b"]);
 }
