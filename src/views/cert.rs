@@ -17,8 +17,8 @@
 //! The leaf is the certificate whose public key is the private key's. When `ring` cannot
 //! derive the public key (an algorithm it lacks, such as P-521 or RSA under 2048 bits), the
 //! leaf is the first certificate that issued no other. From the leaf the chain follows names:
-//! the next certificate is the one whose subject is the current one's issuer, up to a
-//! self-signed root; certificates that do not chain come last, in their original order. A key
+//! the next certificate is the one whose subject is the current one's issuer (same DER, or
+//! the same text when only string types differ), up to a self-issued root; certificates that do not chain come last, in their original order. A key
 //! that matches none of the certificates is an error, not a guess.
 //!
 //! Secrecy: a [`CertError`] names a reason, never the value or any part of it, and no type
@@ -166,11 +166,32 @@ pub enum CertError {
     KeyMismatch,
 }
 
+/// A distinguished name: its DER, and its text for names that differ only in how they are
+/// encoded (an issuer written as PrintableString, the CA's subject as UTF8String).
+#[derive(Clone, PartialEq, Eq)]
+struct Name {
+    der: Vec<u8>,
+    text: String,
+}
+
+impl Name {
+    fn new(name: &x509_parser::x509::X509Name<'_>) -> Name {
+        Name {
+            der: name.as_raw().to_vec(),
+            text: name.to_string(),
+        }
+    }
+
+    fn same_as(&self, other: &Name) -> bool {
+        self.der == other.der || self.text == other.text
+    }
+}
+
 /// A parsed certificate: DER and what ordering needs.
 struct Cert {
     der: Vec<u8>,
-    subject: Vec<u8>,
-    issuer: Vec<u8>,
+    subject: Name,
+    issuer: Name,
     /// The subjectPublicKey bits: an RSAPublicKey, an EC point, 32 Ed25519 bytes.
     public_key: Vec<u8>,
 }
@@ -182,8 +203,8 @@ impl Cert {
             let (_, cert) = x509_parser::parse_x509_certificate(&der)
                 .map_err(|_| CertError::BadCertificate(position))?;
             (
-                cert.subject().as_raw().to_vec(),
-                cert.issuer().as_raw().to_vec(),
+                Name::new(cert.subject()),
+                Name::new(cert.issuer()),
                 cert.public_key().subject_public_key.data.to_vec(),
             )
         };
@@ -196,7 +217,7 @@ impl Cert {
     }
 
     fn is_self_issued(&self) -> bool {
-        self.subject == self.issuer
+        self.subject.same_as(&self.issuer)
     }
 }
 
@@ -350,9 +371,10 @@ impl Bundle {
             CertView::Key => Ok(self.key_pem()),
             CertView::Crt => Ok(self.chain_pem()),
             CertView::Pem => {
-                let mut out = self.key_pem();
-                let chain = self.chain_pem();
-                out.reserve_exact(chain.len());
+                let (key, chain) = (self.key_pem(), self.chain_pem());
+                // Sized once: a Vec that grows leaves copies of the key behind.
+                let mut out = Zeroizing::new(Vec::with_capacity(key.len() + chain.len()));
+                out.extend_from_slice(&key);
                 out.extend_from_slice(&chain);
                 Ok(out)
             }
@@ -524,7 +546,7 @@ fn find_leaf(certs: &[Cert], key_public: Option<&[u8]>) -> Result<usize, CertErr
         certs
             .iter()
             .enumerate()
-            .any(|(j, c)| j != i && c.issuer == issuer.subject)
+            .any(|(j, c)| j != i && c.issuer.same_as(&issuer.subject))
     };
     Ok(certs
         .iter()
@@ -547,7 +569,7 @@ fn order_chain(certs: Vec<Cert>, leaf: usize) -> Vec<Cert> {
             None
         } else {
             rest.iter()
-                .position(|c| c.as_ref().is_some_and(|c| c.subject == cert.issuer))
+                .position(|c| c.as_ref().is_some_and(|c| c.subject.same_as(&cert.issuer)))
         };
         ordered.push(cert);
     }

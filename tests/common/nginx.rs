@@ -68,7 +68,7 @@ fn quoted(path: &Path) -> String {
 fn config(dir: &Path, port: u16, cert: &Path, key: &Path) -> String {
     let tmp = |what: &str| quoted(&dir.join("tmp").join(what));
     // As root, workers would switch to `nobody` and could not use the private temp paths.
-    let user = if nix_is_root() { "user root;\n" } else { "" };
+    let user = if is_root() { "user root;\n" } else { "" };
     format!(
         "daemon off;
 master_process on;
@@ -104,7 +104,7 @@ http {{
     )
 }
 
-fn nix_is_root() -> bool {
+fn is_root() -> bool {
     // SAFETY: geteuid(2) has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
