@@ -129,6 +129,7 @@ pub struct ReadData {
 enum Bytes {
     Value(Arc<Secret>),
     Rendered(zeroize::Zeroizing<Vec<u8>>),
+    Fixed(Arc<zeroize::Zeroizing<Vec<u8>>>),
 }
 
 impl Bytes {
@@ -136,6 +137,7 @@ impl Bytes {
         match self {
             Self::Value(secret) => secret.value.as_bytes(),
             Self::Rendered(bytes) => bytes,
+            Self::Fixed(bytes) => bytes,
         }
     }
 }
@@ -186,6 +188,9 @@ struct Held {
     /// How the file shows the value, and the size it shows.
     render: Render,
     size: u64,
+    /// A view whose bytes differ at each rendering (a `.pfx` built from a PEM secret gets
+    /// fresh salts), rendered once: every read of the inode must see the same bytes.
+    fixed: Option<Arc<zeroize::Zeroizing<Vec<u8>>>>,
     value: Weak<Secret>,
     /// Set when Key Vault said this version is disabled or gone: reads get its error.
     revoked: Option<Revoked>,
@@ -197,6 +202,7 @@ impl Held {
             properties: secret.properties.clone(),
             render: Render::Value,
             size: secret.value.len() as u64,
+            fixed: None,
             value: Arc::downgrade(secret),
             revoked: None,
         }
@@ -204,6 +210,15 @@ impl Held {
 
     /// `secret` as `render` shows it; an error when the value does not fit the view.
     fn rendered(secret: &Arc<Secret>, render: Render) -> FsResult<Self> {
+        if render.varies() {
+            let bytes = Arc::new(render.apply(secret)?);
+            return Ok(Self {
+                size: bytes.len() as u64,
+                fixed: Some(bytes),
+                render,
+                ..Self::new(secret)
+            });
+        }
         Ok(Self {
             size: render.size(secret)?,
             render,
@@ -632,8 +647,16 @@ impl SecretFs {
     /// Reads `size` bytes at `offset` of the version `handle` pinned (or the inode's own), as
     /// the inode shows it, clamped: past the end is an empty read.
     pub async fn read(&self, ino: u64, handle: u64, offset: u64, size: u32) -> FsResult<ReadData> {
+        // A revoked pin answers its revocation before anything else.
+        let pinned = self.pinned(handle)?;
         let render = match self.inodes().get(ino) {
-            Some(Node::File(held)) => Ok(held.render.clone()),
+            Some(Node::File(held)) => match (&held.revoked, &held.fixed) {
+                (Some(why), _) => return Err(FsError::Store(why.error())),
+                (None, Some(bytes)) => {
+                    return Ok(ReadData::new(Bytes::Fixed(bytes.clone()), offset, size));
+                }
+                (None, None) => Ok(held.render.clone()),
+            },
             Some(Node::EnvFile(sources, _)) => Err(sources.clone()),
             Some(Node::VersionsOf(_) | Node::JsonDir(..)) => return Err(FsError::IsDir),
             None if ino == ROOT || ino == VERSIONS => return Err(FsError::IsDir),
@@ -646,7 +669,7 @@ impl SecretFs {
                 return Ok(ReadData::new(Bytes::Rendered(bytes), offset, size));
             }
         };
-        let secret = match self.pinned(handle)? {
+        let secret = match pinned {
             Some(Ok(secret)) => secret,
             Some(Err(properties)) => {
                 let secret = self.fetch_exact(&properties).await?;
@@ -659,6 +682,15 @@ impl SecretFs {
         };
         let bytes = match render {
             Render::Value => Bytes::Value(secret),
+            // Rendered once (a node handed over without its bytes): later reads see these.
+            view if view.varies() => {
+                let mine = Arc::new(view.apply(&secret)?);
+                let kept = match self.inodes().get_mut(ino) {
+                    Some(Node::File(held)) => held.fixed.get_or_insert(mine).clone(),
+                    _ => mine,
+                };
+                Bytes::Fixed(kept)
+            }
             view => Bytes::Rendered(view.apply(&secret)?),
         };
         Ok(ReadData::new(bytes, offset, size))

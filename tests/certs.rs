@@ -174,3 +174,40 @@ fn which(bin: &str) -> Result<std::path::PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+/// A `.pfx` built from a PEM secret gets fresh salts at each rendering: kvfs renders it once
+/// per inode, so reads in small pieces (direct I/O in place, no page cache) make one file.
+#[test]
+fn a_pfx_built_from_pem_reads_the_same_in_pieces() {
+    let env = TestEnv::start();
+    let chain = SampleChain::generate("pieces.example").expect("chain");
+    env.vault()
+        .set_certificate("pem-tls", &chain.pem(), PEM_CONTENT_TYPE);
+    let m = env.mount(&["--rotation", "in-place"]);
+    let whole = m.read("pem-tls.pfx").expect(".pfx");
+    let mut pieces = Vec::new();
+    let file = std::fs::File::open(m.file("pem-tls.pfx")).expect("open");
+    let mut buf = [0u8; 64];
+    loop {
+        let n = std::os::unix::fs::FileExt::read_at(&file, &mut buf, pieces.len() as u64)
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        pieces.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(pieces, whole, "one file, however it is read");
+    if let Ok(keytool) = which("keytool") {
+        let out = Command::new(keytool)
+            .args(["-list", "-storetype", "PKCS12", "-storepass", ""])
+            .arg("-keystore")
+            .arg(m.file("pem-tls.pfx"))
+            .output()
+            .expect("keytool");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

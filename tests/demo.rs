@@ -69,11 +69,29 @@ fn demo_mounts_the_samples_and_sigterm_unmounts() {
             "disabled {name} is listed: {listed:?}"
         );
     }
+    // Certificate samples also show their four views.
+    let views: Vec<String> = samples
+        .iter()
+        .filter(|s| s.enabled != Some(false))
+        .filter(|s| kvfs::views::cert::is_certificate(s.content_type.as_deref()))
+        .flat_map(|s| [".pem", ".crt", ".key", ".pfx"].map(|v| format!("{}{v}", s.name)))
+        .collect();
+    assert!(!views.is_empty(), "the samples include a certificate");
+    let mut expected = enabled.clone();
+    expected.extend(views.iter().map(String::as_str));
     let listed: BTreeSet<&str> = listed.iter().map(String::as_str).collect();
     assert_eq!(
-        listed, enabled,
-        "ls shows every enabled sample, nothing else"
+        listed, expected,
+        "ls shows every enabled sample and its views, nothing else"
     );
+    let crt = String::from_utf8(m.read("tls-cert.crt").expect("cat tls-cert.crt")).expect("PEM");
+    assert_eq!(
+        crt.matches("BEGIN CERTIFICATE").count(),
+        3,
+        "leaf and chain"
+    );
+    let key = String::from_utf8(m.read("tls-cert.key").expect("cat tls-cert.key")).expect("PEM");
+    assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
 
     let db = sample(&samples, "db-password");
     assert_eq!(
@@ -88,9 +106,16 @@ fn demo_mounts_the_samples_and_sigterm_unmounts() {
         db.value.len() as u64
     );
     for name in &enabled {
-        let want = &sample(&samples, name).value;
+        let sample = sample(&samples, name);
+        let want = &sample.value;
         let meta = std::fs::metadata(m.file(name)).expect("stat");
         assert!(meta.is_file(), "{name}");
+        if kvfs::views::cert::is_certificate(sample.content_type.as_deref()) {
+            // Made anew by each emulator: a key and a chain, not these bytes.
+            let pem = String::from_utf8(m.read(name).expect("read")).expect("PEM");
+            assert!(pem.contains("PRIVATE KEY") && pem.contains("BEGIN CERTIFICATE"));
+            continue;
+        }
         assert_eq!(meta.len(), want.len() as u64, "{name}: size");
         assert_eq!(meta.mode() & 0o7777, 0o400, "{name}: default --file-mode");
         assert_eq!(m.read(name).expect("read"), want.as_bytes(), "{name}");

@@ -135,16 +135,7 @@ impl Vault {
     }
 }
 
-const SAMPLE_PEM: &str = "-----BEGIN CERTIFICATE-----
-MIIBszCCAVmgAwIBAgIUZW11bGF0b3Itc2FtcGxlLW5vdC1yZWFsMAoGCCqGSM49
-BAMCMBsxGTAXBgNVBAMMEGt2ZnMgZGVtbyBzYW1wbGUwHhcNMjUwMTAxMDAwMDAw
-WhcNMzUwMTAxMDAwMDAwWjAbMRkwFwYDVQQDDBBrdmZzIGRlbW8gc2FtcGxlMFkw
-EwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEVGhpcyBpcyBub3QgYSByZWFsIGtleS4g
-SXQgb25seSBsb29rcyBsaWtlIG9uZSBmb3IgdGhlIGRlbW8uAAAAAAAAAAAAAAAA
------END CERTIFICATE-----
-";
-
-/// Eight friendly secrets for `kvfs demo`: plain values, a JSON blob, a PEM file, a disabled
+/// Eight friendly secrets for `kvfs demo`: plain values, a JSON blob, a PEM certificate and key, a disabled
 /// secret, one with three versions, tags on some.
 pub fn sample_seed() -> Seed {
     let tags = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
@@ -178,7 +169,14 @@ pub fn sample_seed() -> Seed {
             SeedSecret {
                 content_type: Some("application/x-pem-file".into()),
                 tags: tags(&[("kind", "certificate")]),
-                ..plain("tls-cert", SAMPLE_PEM)
+                // A real chain and key, made for each emulator: the certificate views
+                // (tls-cert.crt, .key, .pem, .pfx) then show something nginx would take.
+                ..plain(
+                    "tls-cert",
+                    &super::SampleChain::generate("demo.kvfs.example")
+                        .map(|c| c.pem())
+                        .unwrap_or_default(),
+                )
             },
             SeedSecret {
                 enabled: Some(false),

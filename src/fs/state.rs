@@ -189,6 +189,7 @@ impl SecretFs {
                     let held = Held {
                         properties,
                         render,
+                        fixed: None,
                         size,
                         value: Weak::new(),
                         revoked,
@@ -211,6 +212,7 @@ impl SecretFs {
                     let held = Held {
                         size: 0,
                         render: Render::Value,
+                        fixed: None,
                         properties,
                         value: Weak::new(),
                         revoked,

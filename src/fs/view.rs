@@ -83,6 +83,12 @@ impl Render {
         }
     }
 
+    /// Whether two renderings may differ (a PKCS#12 file built anew gets fresh salts): such a
+    /// view is rendered once per inode.
+    pub fn varies(&self) -> bool {
+        matches!(self, Self::Cert(CertView::Pfx))
+    }
+
     /// The size of the view of `secret`.
     pub fn size(&self, secret: &Secret) -> FsResult<u64> {
         match self {
