@@ -50,9 +50,10 @@ pub struct MountArgs {
     #[arg(value_name = "MOUNTPOINT", env = "KVFS_MOUNTPOINT")]
     pub mountpoint: PathBuf,
 
-    /// The vault, e.g. https://myvault.vault.azure.net
-    #[arg(long, value_name = "URL", env = "KVFS_VAULT_URL", value_parser = parse_vault_url)]
-    pub vault_url: Url,
+    /// The vault, e.g. https://myvault.vault.azure.net. Repeat it to mount several vaults,
+    /// each in a directory named after it (myvault/), with its own cache and request budget.
+    #[arg(long, value_name = "URL", env = "KVFS_VAULT_URL", value_delimiter = ' ', required = true, value_parser = parse_vault_url)]
+    pub vault_url: Vec<Url>,
 
     #[command(flatten)]
     pub identity: IdentityArgs,

@@ -29,17 +29,18 @@ use fuser::{
 use crate::audit::{AuditLog, Caller};
 use tokio::runtime::Handle;
 
-use crate::fs::{Entries, Entry, FsError, FsResult, Invalidate, Opened, ReadData, SecretFs};
+use crate::forest::Tree;
+use crate::fs::{Entries, Entry, FsError, FsResult, Invalidate, Opened, ReadData};
 
 pub struct FuseAdapter {
-    fs: Arc<SecretFs>,
+    fs: Arc<Tree>,
     audit: Option<Arc<AuditLog>>,
     /// Every OPEN must reach kvfs (auditing, or fuser's allow_root check): no zero-message open.
     every_open: bool,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<SecretFs>) -> Self {
+    pub fn new(fs: Arc<Tree>) -> Self {
         Self {
             fs,
             audit: None,
@@ -142,15 +143,15 @@ fn answer<T: Send + 'static>(
     }
 }
 
-fn reply_entry(fs: &SecretFs, parent: u64, result: FsResult<Entry>, reply: ReplyEntry) {
+fn reply_entry(fs: &Tree, parent: u64, result: FsResult<Entry>, reply: ReplyEntry) {
     match result {
         Ok(e) => reply.entry_with_ttls(&e.attr_ttl, &e.entry_ttl, &e.attr, Generation(0)),
-        Err(err) => match fs.negative_ttl(&err) {
+        Err(err) => match fs.negative_ttl(parent, &err) {
             // Inode 0 with a TTL is a negative entry the kernel caches; a plain ENOENT would
             // bring every retry of the name back here.
-            Some(ttl) if parent == crate::fs::ROOT => {
+            Some(ttl) => {
                 errno("lookup", parent, &err);
-                match fs.getattr(crate::fs::ROOT) {
+                match fs.getattr(parent) {
                     Ok((mut attr, _)) => {
                         attr.ino = INodeNo(0);
                         reply.entry_with_ttls(&ttl, &ttl, &attr, Generation(0));

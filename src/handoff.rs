@@ -22,7 +22,7 @@ use std::time::Duration;
 use control::{Answer, Hello, Offer, Settings, Step};
 use relay::Relay;
 
-use crate::fs::SecretFs;
+use crate::forest::Tree;
 
 /// Mounts a FUSE filesystem on `mountpoint` with a `/dev/fuse` kvfs opens and keeps, as fuser
 /// would (same options and flags), so that the device can be relayed and handed over. Needs
@@ -96,7 +96,7 @@ pub struct HandedOver {
 pub fn offer_on(
     path: &Path,
     settings: Settings,
-    fs: Arc<SecretFs>,
+    fs: Arc<Tree>,
     relay: Arc<Relay>,
     drain_limit: Duration,
 ) -> io::Result<tokio::sync::oneshot::Receiver<HandedOver>> {
@@ -154,7 +154,7 @@ fn bind(path: &Path) -> io::Result<UnixListener> {
 fn hand_over(
     mut stream: UnixStream,
     settings: &Settings,
-    fs: &SecretFs,
+    fs: &Tree,
     relay: &Relay,
     drain_limit: Duration,
 ) -> io::Result<HandedOver> {
@@ -359,7 +359,7 @@ pub fn store_device(relay: &Relay) -> io::Result<()> {
 /// On SIGTERM under a fd store: drains, writes the offer a successor needs to a memfd and
 /// stores it beside the device. Afterwards the caller exits without unmounting; the next
 /// instance finds both in `LISTEN_FDS`. On error the relay takes requests again.
-pub fn store_state(fs: &SecretFs, relay: &Relay, drain_limit: Duration) -> io::Result<Duration> {
+pub fn store_state(fs: &Tree, relay: &Relay, drain_limit: Duration) -> io::Result<Duration> {
     use std::os::fd::AsFd;
     let drain = relay.pause(drain_limit).map_err(io::Error::other)?;
     let stored = (|| {

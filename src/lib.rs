@@ -26,6 +26,7 @@ pub mod cli;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod error;
+pub mod forest;
 pub mod fs;
 pub mod fuse;
 pub mod handoff;

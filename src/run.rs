@@ -26,6 +26,7 @@ use crate::auth::{self, AuthConfig, AuthMode, RenewableCredential, UserAssigned}
 use crate::cache::{CacheConfig, SecretCache};
 use crate::cli::{IdentityArgs, MountArgs, MountOptions, NetworkArgs};
 use crate::error::{Forbidden, StoreError};
+use crate::forest::{Forest, Tree};
 use crate::fs::{FsConfig, SecretFs, ViewRules};
 use crate::fuse::{FuseAdapter, KernelInvalidator};
 use crate::handoff::{self, relay::Relay};
@@ -67,7 +68,9 @@ struct Plan {
     /// Detaches the mount at shutdown, or when kvfs dies (see `unmount_guard`).
     guard: UnmountGuard,
     mountpoint: PathBuf,
+    /// The first vault (messages name it); `vaults` holds every one, this one first.
     vault_url: Url,
+    vaults: Vec<Url>,
     auth: AuthConfig,
     network: NetworkArgs,
     options: MountOptions,
@@ -87,7 +90,8 @@ pub fn mount(args: MountArgs) -> Result<(), RunError> {
     let plan = Plan {
         guard,
         mountpoint: args.mountpoint,
-        vault_url: args.vault_url,
+        vault_url: args.vault_url[0].clone(),
+        vaults: args.vault_url,
         auth,
         network: args.network,
         options: args.options,
@@ -146,53 +150,36 @@ fn auth_config(args: &IdentityArgs) -> AuthConfig {
 fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> {
     let o = &plan.options;
     metrics::init(o.metrics_per_secret);
-    let transport = transport::build(&TransportConfig {
-        ca_file: plan.network.ca_file.clone(),
-        imds_endpoint: plan.network.imds_endpoint.clone(),
-        connect_timeout: o.request_timeout.min(Duration::from_secs(5)),
-        request_timeout: o.request_timeout,
-        budget: Some(Arc::new(RequestBudget::new(
-            &plan.vault_url,
-            o.max_request_rate,
-            o.max_request_burst,
-            o.request_timeout,
-        ))),
-    })
-    .map_err(|e| RunError::Setup(e.to_string()))?;
+    // One transport per vault: each has its own request budget.
+    let transport_for = |vault: &Url| {
+        transport::build(&TransportConfig {
+            ca_file: plan.network.ca_file.clone(),
+            imds_endpoint: plan.network.imds_endpoint.clone(),
+            connect_timeout: o.request_timeout.min(Duration::from_secs(5)),
+            request_timeout: o.request_timeout,
+            budget: Some(Arc::new(RequestBudget::new(
+                vault,
+                o.max_request_rate,
+                o.max_request_burst,
+                o.request_timeout,
+            ))),
+        })
+        .map_err(|e| RunError::Setup(e.to_string()))
+    };
+    let transport = transport_for(&plan.vault_url)?;
     let credential = Arc::new(
         RenewableCredential::new(&plan.auth, &transport)
             .map_err(|e| RunError::Setup(e.to_string()))?,
     );
-    let store = KeyVaultStore::new(
-        &KeyVaultConfig {
-            vault_url: plan.vault_url.to_string(),
-            verify_challenge_resource: !plan.network.disable_challenge_resource_verification,
-        },
-        credential.clone(),
-        &transport,
-    )
-    .map_err(|e| RunError::Setup(e.to_string()))?;
-    // Retries end before the request timeout, so a failure reports its cause, not a timeout.
-    let store = RetryStore::new(
-        Arc::new(store),
-        RetryPolicy {
-            initial_delay: Duration::from_millis(250),
-            max_delay: Duration::from_secs(4),
-            budget: o.request_timeout.mul_f64(0.7),
-        },
-    );
-    let cache = SecretCache::new(
-        Arc::new(store),
-        CacheConfig {
-            capacity: o.cache_capacity,
-            max_bytes: o.cache_max_bytes,
-            ttl: o.cache_ttl,
-            negative_ttl: o.negative_ttl,
-            list_ttl: o.list_ttl,
-            max_stale: o.max_stale,
-            request_timeout: o.request_timeout,
-        },
-    );
+    let mut caches = Vec::new();
+    for (i, vault) in plan.vaults.iter().enumerate() {
+        let transport = if i == 0 {
+            transport.clone()
+        } else {
+            transport_for(vault)?
+        };
+        caches.push(vault_cache(&plan, vault, credential.clone(), &transport)?);
+    }
     // A live kvfs on this mountpoint is taken over, not refused: its socket is asked once
     // this kvfs is ready to serve, so that its readers wait as briefly as possible.
     let control = control_socket(&plan);
@@ -218,34 +205,48 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         .transpose()
         .map_err(|e| RunError::Setup(format!("cannot open the audit log: {e}")))?;
     if !o.no_startup_check {
-        runtime
-            .block_on(startup_check(&plan, credential.as_ref(), &cache))
-            .map_err(RunError::Startup)?;
+        for (vault, cache) in plan.vaults.iter().zip(&caches) {
+            runtime
+                .block_on(startup_check(&plan, vault, credential.as_ref(), cache))
+                .map_err(RunError::Startup)?;
+        }
     }
     // SAFETY: geteuid/getegid cannot fail and touch no memory.
     let uid = o.uid.unwrap_or_else(|| unsafe { libc::geteuid() });
     // SAFETY: as above.
     let gid = o.gid.unwrap_or_else(|| unsafe { libc::getegid() });
     let settings = settings(&plan, uid, gid, audit.is_some() || o.allow_root);
-    let fs = SecretFs::new(
-        cache,
-        runtime.handle().clone(),
-        FsConfig {
-            uid,
-            gid,
-            file_mode: o.file_mode,
-            dir_mode: o.dir_mode,
-            rotation: o.rotation,
-            entry_ttl: KERNEL_TTL,
-            // In place, an inode's size changes with the version: the refresh invalidates the
-            // attributes when it swaps the version in.
-            attr_ttl: KERNEL_TTL,
-            negative_ttl: o.negative_ttl,
-            request_timeout: o.request_timeout,
-        },
-    )
-    .with_access(access)
-    .with_views(views);
+    let config = FsConfig {
+        uid,
+        gid,
+        file_mode: o.file_mode,
+        dir_mode: o.dir_mode,
+        rotation: o.rotation,
+        entry_ttl: KERNEL_TTL,
+        // In place, an inode's size changes with the version: the refresh invalidates the
+        // attributes when it swaps the version in.
+        attr_ttl: KERNEL_TTL,
+        negative_ttl: o.negative_ttl,
+        request_timeout: o.request_timeout,
+    };
+    let cores: Vec<Arc<SecretFs>> = caches
+        .into_iter()
+        .map(|cache| {
+            Arc::new(
+                SecretFs::new(cache, runtime.handle().clone(), config.clone())
+                    .with_access(access.clone())
+                    .with_views(views.clone()),
+            )
+        })
+        .collect();
+    let fs = Arc::new(if cores.len() == 1 {
+        Tree::Vault(cores[0].clone())
+    } else {
+        let names = vault_dir_names(&plan.vaults).map_err(RunError::Setup)?;
+        Tree::Vaults(Forest::new(
+            names.into_iter().zip(cores.iter().cloned()).collect(),
+        ))
+    });
     let fsname = format!("kvfs:{}", plan.vault_url.host_str().unwrap_or("vault"));
     let mut config = FuseConfig::default();
     config.mount_options = vec![
@@ -267,7 +268,6 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         path: plan.mountpoint.clone(),
         reason: e.to_string(),
     };
-    let fs = Arc::new(fs);
     let adapter = FuseAdapter::new(fs.clone())
         .with_audit(audit)
         .with_every_open(o.allow_root);
@@ -311,7 +311,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
             let predecessor = offer.pid;
             let mut takeover = takeover;
             fs.restore(std::mem::take(&mut takeover.offer.fs))
-                .map_err(|e| RunError::Takeover(e.to_string()))?;
+                .map_err(RunError::Takeover)?;
             // Paused: this kvfs reads the device only once the predecessor has stopped.
             let (relay, theirs) = Relay::start(device, Some(init), threads, true)
                 .map_err(|e| RunError::Takeover(e.to_string()))?;
@@ -349,7 +349,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         }
     };
     let relay = relay.map(Arc::new);
-    fs.set_invalidator(Box::new(KernelInvalidator(session.notifier())));
+    fs.set_invalidator(Arc::new(KernelInvalidator(session.notifier())));
     // fuser's `Mount`, when dropped, unmounts the mountpoint by path while its connection is
     // alive. After the lazy detach below, that path may already hold a new kvfs's mount, so
     // the session is never dropped: the process exits instead, which closes /dev/fuse.
@@ -404,10 +404,16 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     let _pid_file = crate::mountpoint::PidFile::write(&plan.mountpoint);
     metrics::set_mounted(true);
     let period = refresh::period_for(o.cache_ttl);
-    let refreshed = fs.clone();
-    let refresher = runtime.spawn(refresh::supervise("refresh", move || {
-        refresh::run(refreshed.clone(), period)
-    }));
+    // One refresher per vault: a vault's outage holds up no other's refresh.
+    let refreshers: Vec<_> = cores
+        .iter()
+        .map(|core| {
+            let refreshed = core.clone();
+            runtime.spawn(refresh::supervise("refresh", move || {
+                refresh::run(refreshed.clone(), period)
+            }))
+        })
+        .collect();
     let token_keeper = runtime.spawn(refresh::keep_token_warm(credential, o.request_timeout));
     let status = format!(
         "serving {} on {}",
@@ -454,7 +460,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
     if let (Stop::HandedOver, Some(relay)) = (&stop, &relay) {
         // The successor serves the mount: the guard must not unmount it when this kvfs exits.
         plan.guard.release();
-        refresher.abort();
+        refreshers.iter().for_each(|r| r.abort());
         token_keeper.abort();
         if let Err(e) = relay.abandon() {
             tracing::warn!(error = %e, "cannot let go of the FUSE device");
@@ -490,7 +496,7 @@ fn serve(runtime: &tokio::runtime::Runtime, plan: Plan) -> Result<(), RunError> 
         }
     }
     readiness.stopping();
-    refresher.abort();
+    refreshers.iter().for_each(|r| r.abort());
     metrics::set_mounted(false);
     if unmounted_outside {
         token_keeper.abort();
@@ -565,7 +571,12 @@ fn settings(plan: &Plan, uid: u32, gid: u32, every_open: bool) -> handoff::contr
         (false, false) => "owner",
     };
     handoff::control::Settings {
-        vault: plan.vault_url.to_string(),
+        vault: plan
+            .vaults
+            .iter()
+            .map(Url::to_string)
+            .collect::<Vec<_>>()
+            .join(" "),
         rotation: clap::ValueEnum::to_possible_value(&o.rotation)
             .map_or_else(|| format!("{:?}", o.rotation), |v| v.get_name().to_owned()),
         access: access.to_owned(),
@@ -579,6 +590,73 @@ fn settings(plan: &Plan, uid: u32, gid: u32, every_open: bool) -> handoff::contr
         exclude: o.exclude.clone(),
         views: view_flags(o),
     }
+}
+
+/// One vault's store, behind retries and the cache.
+fn vault_cache(
+    plan: &Plan,
+    vault: &Url,
+    credential: Arc<RenewableCredential>,
+    transport: &azure_core::http::Transport,
+) -> Result<SecretCache, RunError> {
+    let o = &plan.options;
+    let store = KeyVaultStore::new(
+        &KeyVaultConfig {
+            vault_url: vault.to_string(),
+            verify_challenge_resource: !plan.network.disable_challenge_resource_verification,
+        },
+        credential,
+        transport,
+    )
+    .map_err(|e| RunError::Setup(e.to_string()))?;
+    // Retries end before the request timeout, so a failure reports its cause, not a timeout.
+    let store = RetryStore::new(
+        Arc::new(store),
+        RetryPolicy {
+            initial_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(4),
+            budget: o.request_timeout.mul_f64(0.7),
+        },
+    );
+    Ok(SecretCache::new(
+        Arc::new(store),
+        CacheConfig {
+            capacity: o.cache_capacity,
+            max_bytes: o.cache_max_bytes,
+            ttl: o.cache_ttl,
+            negative_ttl: o.negative_ttl,
+            list_ttl: o.list_ttl,
+            max_stale: o.max_stale,
+            request_timeout: o.request_timeout,
+        },
+    ))
+}
+
+/// Directory names of several vaults: a Key Vault host's vault name (`myvault` of
+/// myvault.vault.azure.net), else the host, with `-PORT` when the URL names a port.
+fn vault_dir_names(vaults: &[Url]) -> Result<Vec<String>, String> {
+    let names: Vec<String> = vaults
+        .iter()
+        .map(|url| {
+            let host = url.host_str().unwrap_or("vault");
+            let name = match host.split_once('.') {
+                Some((label, _)) if is_key_vault_host(host) => label.to_owned(),
+                _ => host.to_owned(),
+            };
+            match url.port() {
+                Some(port) => format!("{name}-{port}"),
+                None => name,
+            }
+        })
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        if names[..i].contains(name) {
+            return Err(format!(
+                "--vault-url: two vaults would share the directory {name:?}"
+            ));
+        }
+    }
+    Ok(names)
 }
 
 /// The view flags, as a successor must repeat them: they decide what existing inodes show.
@@ -647,6 +725,7 @@ impl Signals {
 /// identity, role or route fails now with its fix, not later as EIO in an application.
 async fn startup_check(
     plan: &Plan,
+    vault: &Url,
     credential: &dyn TokenCredential,
     cache: &SecretCache,
 ) -> Result<(), String> {
@@ -672,10 +751,10 @@ async fn startup_check(
         limit,
     );
     match tokio::time::timeout(limit, listing).await {
-        Err(_) => Err(explain_vault(plan, &StoreError::Timeout(limit))),
-        Ok(Err(e)) => Err(explain_vault(plan, &e)),
+        Err(_) => Err(explain_vault(plan, vault, &StoreError::Timeout(limit))),
+        Ok(Err(e)) => Err(explain_vault(plan, vault, &e)),
         Ok(Ok(listing)) => {
-            tracing::info!(secrets = listing.len(), "startup check passed");
+            tracing::info!(secrets = listing.len(), %vault, "startup check passed");
             Ok(())
         }
     }
@@ -776,8 +855,8 @@ fn is_key_vault_host(host: &str) -> bool {
     .any(|suffix| host.to_ascii_lowercase().ends_with(suffix))
 }
 
-fn explain_vault(plan: &Plan, err: &StoreError) -> String {
-    let vault = plan.vault_url.as_str();
+fn explain_vault(plan: &Plan, url: &Url, err: &StoreError) -> String {
+    let vault = url.as_str();
     match err {
         StoreError::Forbidden(Forbidden::Firewall) => format!(
             "{vault} refused this address (ForbiddenByFirewall). Fix: allow this network in the vault's firewall or use a private endpoint"
@@ -812,7 +891,7 @@ fn explain_vault(plan: &Plan, err: &StoreError) -> String {
         // host (an emulator); its message names the SDK's option, not kvfs's flag.
         StoreError::Other(_)
             if !plan.network.disable_challenge_resource_verification
-                && !is_key_vault_host(plan.vault_url.host_str().unwrap_or_default()) =>
+                && !is_key_vault_host(url.host_str().unwrap_or_default()) =>
         {
             format!(
                 "cannot list {vault}: {err}. Fix: {vault} is not under a Key Vault domain (vault.azure.net, vault.azure.cn, \

@@ -25,6 +25,9 @@ pub struct FsState {
     /// Keys of views and JSON directories (format 2).
     #[serde(default)]
     pub view_keys: Vec<(Key, u64)>,
+    /// With several vaults, each vault's state, in `--vault-url` order (format 2).
+    #[serde(default)]
+    pub vaults: Vec<FsState>,
     pub handles: Vec<(u64, HandleState)>,
 }
 
@@ -144,6 +147,7 @@ impl SecretFs {
             by_version,
             versions_of,
             view_keys,
+            vaults: Vec::new(),
             handles,
         }
     }

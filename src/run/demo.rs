@@ -43,11 +43,13 @@ pub fn demo(args: DemoArgs) -> Result<(), RunError> {
         .block_on(Emulator::start(EmulatorConfig::new(state.path())))
         .map_err(|e| RunError::Emulator(e.to_string()))?;
     emulator.vault().load_samples();
+    let vault_url =
+        Url::parse(&emulator.vault_url()).map_err(|e| RunError::Emulator(e.to_string()))?;
     let plan = Plan {
         guard,
         mountpoint: args.mountpoint,
-        vault_url: Url::parse(&emulator.vault_url())
-            .map_err(|e| RunError::Emulator(e.to_string()))?,
+        vaults: vec![vault_url.clone()],
+        vault_url,
         auth: AuthConfig {
             mode: AuthMode::ManagedIdentity,
             user_assigned: None,
