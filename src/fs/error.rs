@@ -20,8 +20,11 @@ pub enum FsError {
     NoAttribute,
     /// The value does not fit a view (not base64, not JSON, not a certificate): EIO on the
     /// view, with a reason that never holds a byte of the value.
-    #[error("view of {name}: {reason}")]
-    View { name: String, reason: String },
+    #[error("view of {name}: {source}")]
+    View {
+        name: String,
+        source: super::view::ViewError,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -29,6 +29,18 @@ pub const ENV_FILE: &str = ".env";
 /// The suffix of a JSON secret's directory of keys.
 pub const JSON_DIR_SUFFIX: &str = ".d";
 
+/// Why a value does not fit a view: the view's own error, kept as the source. None holds a
+/// byte of the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ViewError {
+    #[error(transparent)]
+    Cert(#[from] cert::CertError),
+    #[error(transparent)]
+    Decode(#[from] decode::DecodeError),
+    #[error(transparent)]
+    Json(#[from] json::JsonError),
+}
+
 /// How a file's bytes come from its secret's value.
 #[derive(
     Clone,
@@ -60,20 +72,20 @@ impl Render {
     /// (never a byte of the value).
     pub fn apply(&self, secret: &Secret) -> FsResult<Zeroizing<Vec<u8>>> {
         let value = secret.value.as_bytes();
-        let failed = |reason: String| FsError::View {
+        let failed = |source: ViewError| FsError::View {
             name: secret.properties.name.as_str().to_owned(),
-            reason,
+            source,
         };
         match self {
             Self::Value => Ok(Zeroizing::new(value.to_vec())),
-            Self::Decoded(d) => decode::decode(*d, value).map_err(|e| failed(e.to_string())),
+            Self::Decoded(d) => decode::decode(*d, value).map_err(|e| failed(e.into())),
             Self::Cert(view) => {
                 let content_type = secret
                     .properties
                     .content_type
                     .as_deref()
                     .unwrap_or_default();
-                cert::render(*view, content_type, value).map_err(|e| failed(e.to_string()))
+                cert::render(*view, content_type, value).map_err(|e| failed(e.into()))
             }
             Self::JsonKey(path) => match json_tree(secret)?.get(path.iter().map(String::as_str)) {
                 Some(JsonNode::Dir(_)) => Err(FsError::IsDir),
@@ -115,7 +127,7 @@ pub enum JsonKind {
 fn json_tree(secret: &Secret) -> FsResult<json::JsonTree> {
     json::parse(secret.value.as_bytes()).map_err(|e| FsError::View {
         name: secret.properties.name.as_str().to_owned(),
-        reason: e.to_string(),
+        source: e.into(),
     })
 }
 
