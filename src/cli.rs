@@ -249,9 +249,10 @@ pub struct MountOptions {
     )]
     pub name_map: Option<NameMap>,
 
-    /// Add MOUNTPOINT/.env: NAME=value lines of the secrets whose names match GLOB (names as
-    /// --name-map env gives them), quoted for `set -a; source` and dotenv; repeatable.
-    #[arg(long, value_name = "GLOB", env = "KVFS_ENV_FILE", value_delimiter = ' ', value_parser = parse_glob, help_heading = "Views")]
+    /// Add MOUNTPOINT/.env: NAME=value lines of the secrets whose names match GLOB, or that
+    /// carry the tag KEY (with VALUE) for tag:KEY[=VALUE] (names as --name-map env gives
+    /// them), quoted for `set -a; source` and dotenv; repeatable.
+    #[arg(long, value_name = "GLOB|tag:KEY[=VALUE]", env = "KVFS_ENV_FILE", value_delimiter = ' ', value_parser = parse_env_rule, help_heading = "Views")]
     pub env_file: Vec<String>,
 
     /// Append one JSON line per open of a secret (time, secret, version, pid, uid, gid,
@@ -436,6 +437,19 @@ fn parse_mode(s: &str) -> Result<u16, String> {
 fn parse_id(s: &str) -> Result<u32, String> {
     s.parse::<u32>()
         .map_err(|_| format!("expected a number such as 1000, not a name (`id -u {s}` gives it)"))
+}
+
+fn parse_env_rule(s: &str) -> Result<String, String> {
+    match s.strip_prefix(crate::fs::ENV_TAG_PREFIX) {
+        Some("") | Some("=") => Err(format!(
+            "--env-file {s:?}: expected tag:KEY or tag:KEY=VALUE, e.g. 'tag:env=app'"
+        )),
+        Some(tag) if tag.starts_with('=') => Err(format!(
+            "--env-file {s:?}: the tag's KEY is empty; expected tag:KEY or tag:KEY=VALUE"
+        )),
+        Some(_) => Ok(s.to_owned()),
+        None => parse_glob(s).map_err(|e| format!("--env-file {s:?}: {e}")),
+    }
 }
 
 fn parse_vault_url(s: &str) -> Result<Url, String> {

@@ -51,7 +51,7 @@ mod xattr;
 pub use dir::{DirEntry, Entries};
 pub use error::{FsError, FsResult};
 pub use state::FsState;
-pub use view::{ENV_FILE, Render, ViewRules};
+pub use view::{ENV_FILE, ENV_TAG_PREFIX, Render, ViewRules};
 
 use handles::{Handles, Pinned};
 use inodes::{Inodes, Key};

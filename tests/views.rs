@@ -229,9 +229,22 @@ fn the_env_file_sources_back_exactly_and_rotates() {
     }
     env.vault().set_secret("other", "not in the file");
     env.vault().set_secret("app-mine", "owned by another uid");
+    let tagged = kvfs::emulator::SecretOptions {
+        tags: [("env".to_owned(), "app".to_owned())].into(),
+        ..Default::default()
+    };
+    env.vault().set_secret_with("svc-token", "by tag", tagged);
+    let other_tag = kvfs::emulator::SecretOptions {
+        tags: [("env".to_owned(), "prod".to_owned())].into(),
+        ..Default::default()
+    };
+    env.vault()
+        .set_secret_with("svc-other", "other tag value", other_tag);
     let m = env.mount(&[
         "--env-file",
         "app-*",
+        "--env-file",
+        "tag:env=app",
         "--owner",
         "app-mine=1234:1234:0400",
         "--cache-ttl",
@@ -267,8 +280,13 @@ fn the_env_file_sources_back_exactly_and_rotates() {
     for ((name, _, want), got) in NASTY.iter().zip(&got) {
         assert_eq!(got, want, "{name}");
     }
+    assert_eq!(source(&["SVC_TOKEN"])[0], "by tag", "selected by its tag");
     let text = std::fs::read_to_string(&path).expect(".env");
     assert!(!text.contains("not in the file"));
+    assert!(
+        !text.contains("other tag value"),
+        "another tag value stays out"
+    );
     assert!(
         !text.contains("owned by another uid"),
         "a secret with an owner of its own stays out"

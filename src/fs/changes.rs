@@ -198,7 +198,7 @@ impl SecretFs {
                 for (other, _) in self.views.names_of(name, certificate) {
                     invalidator.entry(ROOT, &other);
                 }
-                if self.views.in_env_file(name) {
+                if self.views.may_change_env_file(name) {
                     invalidator.entry(ROOT, super::ENV_FILE);
                 }
             }

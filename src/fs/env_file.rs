@@ -24,7 +24,7 @@ impl SecretFs {
                 p.enabled
                     && self.access.visible(p.name.as_str())
                     && self.access.owner_of(p.name.as_str()).is_none()
-                    && self.views.in_env_file(&p.name)
+                    && self.views.in_env_file(p)
             })
             .map(|p| p.name.clone())
             .collect();

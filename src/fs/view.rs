@@ -26,6 +26,8 @@ use crate::views::names::{Alias, NameMap};
 
 /// The name of the env-file view in the root.
 pub const ENV_FILE: &str = ".env";
+/// `--env-file tag:KEY[=VALUE]` selects by tag rather than by name.
+pub const ENV_TAG_PREFIX: &str = "tag:";
 /// The suffix of a JSON secret's directory of keys.
 pub const JSON_DIR_SUFFIX: &str = ".d";
 
@@ -183,6 +185,8 @@ pub struct ViewRules {
     aliases: Vec<Alias>,
     name_map: Option<NameMap>,
     env_file: Option<GlobSet>,
+    /// `--env-file tag:KEY[=VALUE]`: secrets with this tag (and value) are in `.env` too.
+    env_tags: Vec<(String, Option<String>)>,
 }
 
 impl ViewRules {
@@ -193,6 +197,19 @@ impl ViewRules {
         name_map: Option<NameMap>,
         env_file: &[String],
     ) -> Result<Self, String> {
+        let (tags, env_globs): (Vec<&String>, Vec<&String>) =
+            env_file.iter().partition(|r| r.starts_with(ENV_TAG_PREFIX));
+        let env_globs: Vec<String> = env_globs.into_iter().cloned().collect();
+        let env_tags = tags
+            .into_iter()
+            .map(|r| {
+                let tag = &r[ENV_TAG_PREFIX.len()..];
+                match tag.split_once('=') {
+                    Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+                    None => (tag.to_owned(), None),
+                }
+            })
+            .collect();
         let set = |globs: &[String]| -> Result<Option<GlobSet>, String> {
             if globs.is_empty() {
                 return Ok(None);
@@ -207,7 +224,8 @@ impl ViewRules {
             json_keys: set(json_keys)?,
             aliases: aliases.to_vec(),
             name_map,
-            env_file: set(env_file)?,
+            env_file: set(&env_globs)?,
+            env_tags,
         })
     }
 
@@ -226,14 +244,29 @@ impl ViewRules {
     }
 
     pub fn env_file(&self) -> bool {
-        self.env_file.is_some()
+        self.env_file.is_some() || !self.env_tags.is_empty()
     }
 
-    /// Whether `.env` holds `name` (the access rules are checked by the caller).
-    pub fn in_env_file(&self, name: &SecretName) -> bool {
+    /// Whether `.env` holds the secret `p` describes, by name or tag (the access rules are
+    /// checked by the caller).
+    pub fn in_env_file(&self, p: &crate::secret::SecretProperties) -> bool {
         self.env_file
             .as_ref()
-            .is_some_and(|s| s.is_match(name.as_str()))
+            .is_some_and(|s| s.is_match(p.name.as_str()))
+            || self.env_tags.iter().any(|(key, value)| {
+                p.tags
+                    .get(key)
+                    .is_some_and(|v| value.as_ref().is_none_or(|want| want == v))
+            })
+    }
+
+    /// Whether a change of `name` may change `.env`: by name, or any change when tags decide.
+    pub fn may_change_env_file(&self, name: &SecretName) -> bool {
+        !self.env_tags.is_empty()
+            || self
+                .env_file
+                .as_ref()
+                .is_some_and(|s| s.is_match(name.as_str()))
     }
 
     /// What a root name that is not a valid secret name stands for, if anything.
