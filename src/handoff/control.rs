@@ -261,6 +261,12 @@ mod tests {
             ..settings()
         };
         assert!(settings().difference(&other).unwrap().contains("440"));
+        let other = Settings {
+            views: vec!["--decode blob=Base64".into()],
+            ..settings()
+        };
+        let d = settings().difference(&other).unwrap();
+        assert!(d.contains("--decode") && d.contains("blob=Base64"), "{d}");
     }
 
     #[test]
