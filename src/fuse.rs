@@ -1,4 +1,5 @@
-//! The fuser adapter, and nothing else: each handler calls `SecretFs`, then replies.
+//! The fuser adapter, and nothing else: each handler calls the mount's `Tree` (one vault's
+//! `SecretFs`, or several), then replies.
 //!
 //! Errors are logged here, once, at the level they carry, and warnings at most once per cause
 //! per interval (`log_limit`): a reader repeating a failing call cannot grow the log. Every
