@@ -16,7 +16,7 @@ use tokio::runtime::Handle;
 
 use crate::fs::{
     DirEntry, Entries, Entry, FsError, FsResult, FsState, Invalidate, Opened, ROOT, ReadData,
-    SecretFs,
+    SecretFs, dir_entries,
 };
 
 const SHIFT: u32 = 48;
@@ -56,24 +56,11 @@ impl Forest {
             .iter()
             .enumerate()
             .map(|(i, (name, _))| (global(i, ROOT), FileType::Directory, name.clone()));
-        let root = [
-            (ROOT, FileType::Directory, ".".to_owned()),
-            (ROOT, FileType::Directory, "..".to_owned()),
-        ]
-        .into_iter()
-        .chain(children)
-        .enumerate()
-        .map(|(i, (ino, kind, name))| DirEntry {
-            ino,
-            next_offset: i as u64 + 1,
-            kind,
-            name,
-        })
-        .collect();
+        let root = Arc::new(dir_entries(ROOT, ROOT, children));
         Self {
             vaults,
             listings: Mutex::new(HashMap::new()),
-            root: Arc::new(root),
+            root,
         }
     }
 

@@ -48,7 +48,7 @@ mod tests;
 mod view;
 mod xattr;
 
-pub use dir::{DirEntry, Entries};
+pub use dir::{DirEntry, Entries, dir_entries};
 pub use error::{FsError, FsResult};
 pub use state::FsState;
 pub use view::{ENV_FILE, ENV_TAG_PREFIX, Render, ViewRules};

@@ -88,21 +88,7 @@ fn nginx_serves_the_certificate_read_through_kvfs_before_and_after_a_rotation() 
         "four views of one secret cost at most its one GET: {:?}",
         env.counters()
     );
-    if let Ok(keytool) = which("keytool") {
-        let out = Command::new(keytool)
-            .args(["-list", "-storetype", "PKCS12", "-storepass", ""])
-            .arg("-keystore")
-            .arg(m.file("web-tls.pfx"))
-            .output()
-            .expect("keytool");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    } else {
-        eprintln!("keytool (a JDK) is missing: the Java keystore check is skipped");
-    }
+    keytool_lists(&m.file("web-tls.pfx"));
 
     let server = Nginx::start(&bin, &m.file("web-tls.crt"), &m.file("web-tls.key"))
         .expect("nginx starts on the views");
@@ -166,6 +152,26 @@ fn certificate_views_follow_owner_rules_and_revocation() {
     );
 }
 
+/// `keytool -list` reads a `.pfx` as a PKCS#12 keystore with an empty password: Java can load
+/// it. Skipped (with a line) without a JDK.
+fn keytool_lists(pfx: &Path) {
+    let Ok(keytool) = which("keytool") else {
+        eprintln!("keytool (a JDK) is missing: the Java keystore check is skipped");
+        return;
+    };
+    let out = Command::new(keytool)
+        .args(["-list", "-storetype", "PKCS12", "-storepass", ""])
+        .arg("-keystore")
+        .arg(pfx)
+        .output()
+        .expect("keytool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn which(bin: &str) -> Result<std::path::PathBuf, ()> {
     std::env::var_os("PATH")
         .iter()
@@ -197,17 +203,5 @@ fn a_pfx_built_from_pem_reads_the_same_in_pieces() {
         pieces.extend_from_slice(&buf[..n]);
     }
     assert_eq!(pieces, whole, "one file, however it is read");
-    if let Ok(keytool) = which("keytool") {
-        let out = Command::new(keytool)
-            .args(["-list", "-storetype", "PKCS12", "-storepass", ""])
-            .arg("-keystore")
-            .arg(m.file("pem-tls.pfx"))
-            .output()
-            .expect("keytool");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    keytool_lists(&m.file("pem-tls.pfx"));
 }

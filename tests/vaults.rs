@@ -4,19 +4,19 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
-use common::{Mount, TestEnv, eventually};
+use common::{Mount, TestEnv, eventually, names_in};
 use kvfs::emulator::{Emulator, EmulatorConfig, Fault, FaultAction};
 
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+/// A second emulator on `env`'s state directory: the same CA and token key (one `--ca-file`,
+/// one identity endpoint), its own secrets.
+fn second_emulator(env: &TestEnv) -> Emulator {
+    env.runtime
+        .block_on(Emulator::start(EmulatorConfig::new(
+            env.dir.path().join("emulator"),
+        )))
+        .expect("second emulator")
 }
 
 /// The directory kvfs names a vault served on 127.0.0.1:PORT.
@@ -28,13 +28,7 @@ fn dir_of(emulator: &Emulator) -> String {
 #[test]
 fn two_vaults_two_directories_each_its_own_faults() {
     let env = TestEnv::start();
-    // A second emulator on the same state directory: same CA, same token key, other secrets.
-    let second = env
-        .runtime
-        .block_on(Emulator::start(EmulatorConfig::new(
-            env.dir.path().join("emulator"),
-        )))
-        .expect("second emulator");
+    let second = second_emulator(&env);
     env.vault().set_secret("db-password", "from-one");
     env.vault().set_secret("only-one", "1");
     second.vault().set_secret("db-password", "from-two");
@@ -146,12 +140,7 @@ fn several_vaults_are_taken_over_live() {
     use std::io::{Read, Seek, SeekFrom};
     use std::os::unix::fs::MetadataExt;
     let env = TestEnv::start();
-    let second = env
-        .runtime
-        .block_on(Emulator::start(EmulatorConfig::new(
-            env.dir.path().join("emulator"),
-        )))
-        .expect("second emulator");
+    let second = second_emulator(&env);
     env.vault().set_secret("a", "one-a");
     second.vault().set_secret("b", "two-b");
     let path = env.mountpoint("mnt");

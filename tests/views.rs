@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{TestEnv, errno_of, eventually};
+use common::{TestEnv, errno_of, eventually, names_in};
 
 /// `user.kvfs.<attr>` of `path`, as text.
 fn xattr(path: &Path, attr: &str) -> Option<String> {
@@ -29,15 +29,6 @@ fn xattr(path: &Path, attr: &str) -> Option<String> {
         )
     };
     (n >= 0).then(|| String::from_utf8_lossy(&buf[..n as usize]).into_owned())
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]

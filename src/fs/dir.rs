@@ -160,7 +160,7 @@ impl SecretFs {
 }
 
 /// `.`, `..` and `children`, each with the offset of the entry after it.
-fn dir_entries(
+pub fn dir_entries(
     ino: u64,
     parent: u64,
     children: impl Iterator<Item = (u64, FileType, String)>,
