@@ -260,10 +260,10 @@ impl Tree {
     /// Sets each core's invalidator over the kernel's.
     pub fn set_invalidator(&self, kernel: Arc<dyn Invalidate>) {
         match self {
-            Self::Vault(fs) => fs.set_invalidator(Box::new(Shared(kernel))),
+            Self::Vault(fs) => fs.set_invalidator(kernel),
             Self::Vaults(f) => {
                 for (vault, (_, fs)) in f.vaults.iter().enumerate() {
-                    fs.set_invalidator(Box::new(VaultInvalidator {
+                    fs.set_invalidator(Arc::new(VaultInvalidator {
                         vault,
                         inner: kernel.clone(),
                     }));
@@ -367,23 +367,6 @@ impl Tree {
             Self::Vault(fs) => fs.restore(state).map_err(|e| e.to_string()),
             Self::Vaults(f) => f.restore(state),
         }
-    }
-}
-
-/// One invalidator shared by reference.
-struct Shared(Arc<dyn Invalidate>);
-
-impl Invalidate for Shared {
-    fn entry(&self, parent: u64, name: &str) {
-        self.0.entry(parent, name);
-    }
-
-    fn attributes(&self, ino: u64) {
-        self.0.attributes(ino);
-    }
-
-    fn data(&self, ino: u64) {
-        self.0.data(ino);
     }
 }
 

@@ -270,7 +270,7 @@ pub struct SecretFs {
     access: AccessRules,
     views: ViewRules,
     inodes: Mutex<Inodes>,
-    invalidator: OnceLock<Box<dyn Invalidate>>,
+    invalidator: OnceLock<Arc<dyn Invalidate>>,
     listings: dir::Listings,
     mounted_at: SystemTime,
 }
@@ -333,7 +333,7 @@ impl SecretFs {
     }
 
     /// Set once the kernel session exists; before that there is nothing to invalidate.
-    pub fn set_invalidator(&self, invalidator: Box<dyn Invalidate>) {
+    pub fn set_invalidator(&self, invalidator: Arc<dyn Invalidate>) {
         let _ = self.invalidator.set(invalidator);
     }
 
@@ -463,7 +463,7 @@ impl SecretFs {
                 let name = self.visible(name)?;
                 let secret = self.current(&name).await?;
                 // Malformed JSON is EIO on the view; the secret's own file is untouched.
-                Render::JsonKey(Vec::new()).check_json(&secret)?;
+                view::json_entry(&secret, &[])?;
                 let held = Held::new(&secret);
                 let key = Key::JsonDir(
                     secret.properties.name.key(),
@@ -518,23 +518,20 @@ impl SecretFs {
             },
             render.clone(),
         );
+        // An inode of this exact version is not rendered again (a view may cost a parse).
+        if !per_name && let Some((ino, node)) = self.inodes().refer(&key) {
+            return Ok(self.node_attr(ino, node));
+        }
+        // Rendered before the table is locked: a view's rendering may take milliseconds.
         let held = Held::rendered(&secret, render)?;
         let mut inodes = self.inodes();
         let mut fresh = Some(held);
         let (ino, node) = inodes.look_up(key, || Node::File(fresh.take().expect("made once")));
-        Ok(match node {
-            Node::File(held) => {
-                if per_name && let Some(current) = fresh {
-                    *held = current;
-                }
-                self.file_attr(ino, held)
-            }
-            // Unreachable by construction (file and directory keys differ); answering with
-            // the directory is still a valid reply.
-            Node::VersionsOf(name) => self.dir_attr(ino, Some(&*name)),
-            Node::JsonDir(held, _) => self.dir_attr(ino, Some(&held.properties.name)),
-            Node::EnvFile(_, size) => self.env_attr(ino, *size),
-        })
+        if let (Node::File(held), Some(current)) = (&mut *node, fresh) {
+            // In place: the name's one inode now holds this version.
+            *held = current;
+        }
+        Ok(self.node_attr(ino, node))
     }
 
     fn remember_versions_dir(&self, name: SecretName) -> FileAttr {
@@ -562,11 +559,16 @@ impl SecretFs {
     /// The value of `ino`'s version: from memory while the cache holds it, else fetched again
     /// by its exact version (so it is the same bytes, never a newer version).
     async fn secret(&self, ino: u64) -> FsResult<Arc<Secret>> {
-        let properties = match self.in_memory(ino)? {
-            Ok(secret) => return Ok(secret),
-            Err(properties) => properties,
-        };
-        let secret = self.fetch_exact(&properties).await?;
+        match self.in_memory(ino)? {
+            Ok(secret) => Ok(secret),
+            Err(properties) => self.refetch(ino, &properties).await,
+        }
+    }
+
+    /// Fetches `ino`'s evicted value by its exact version, and lets the inode hold it again
+    /// while the cache does.
+    async fn refetch(&self, ino: u64, properties: &SecretProperties) -> FsResult<Arc<Secret>> {
+        let secret = self.fetch_exact(properties).await?;
         if let Some(Node::File(held) | Node::JsonDir(held, _)) = self.inodes().get_mut(ino)
             && held.properties.version == secret.properties.version
             && held.revoked.is_none()
@@ -649,22 +651,30 @@ impl SecretFs {
     pub async fn read(&self, ino: u64, handle: u64, offset: u64, size: u32) -> FsResult<ReadData> {
         // A revoked pin answers its revocation before anything else.
         let pinned = self.pinned(handle)?;
-        let render = match self.inodes().get(ino) {
+        // One look at the inode: how it shows the value, and the value if still in memory.
+        enum Shown {
+            File(Render, Result<Arc<Secret>, SecretProperties>),
+            Env(Vec<SecretProperties>),
+        }
+        let shown = match self.inodes().get(ino) {
             Some(Node::File(held)) => match (&held.revoked, &held.fixed) {
                 (Some(why), _) => return Err(FsError::Store(why.error())),
                 (None, Some(bytes)) => {
                     return Ok(ReadData::new(Bytes::Fixed(bytes.clone()), offset, size));
                 }
-                (None, None) => Ok(held.render.clone()),
+                (None, None) => Shown::File(
+                    held.render.clone(),
+                    held.value.upgrade().ok_or_else(|| held.properties.clone()),
+                ),
             },
-            Some(Node::EnvFile(sources, _)) => Err(sources.clone()),
+            Some(Node::EnvFile(sources, _)) => Shown::Env(sources.clone()),
             Some(Node::VersionsOf(_) | Node::JsonDir(..)) => return Err(FsError::IsDir),
             None if ino == ROOT || ino == VERSIONS => return Err(FsError::IsDir),
             None => return Err(FsError::NotFound),
         };
-        let render = match render {
-            Ok(render) => render,
-            Err(sources) => {
+        let (render, own) = match shown {
+            Shown::File(render, own) => (render, own),
+            Shown::Env(sources) => {
                 let bytes = self.render_env_file(&sources).await?;
                 return Ok(ReadData::new(Bytes::Rendered(bytes), offset, size));
             }
@@ -678,7 +688,10 @@ impl SecretFs {
                 }
                 secret
             }
-            None => self.secret(ino).await?,
+            None => match own {
+                Ok(secret) => secret,
+                Err(properties) => self.refetch(ino, &properties).await?,
+            },
         };
         let bytes = match render {
             Render::Value => Bytes::Value(secret),

@@ -15,14 +15,21 @@ impl SecretFs {
         let attr = match ino {
             ROOT | VERSIONS => self.dir_attr(ino, None),
             _ => match self.inodes().get(ino) {
-                Some(Node::File(held)) => self.file_attr(ino, held),
-                Some(Node::VersionsOf(name)) => self.dir_attr(ino, Some(name)),
-                Some(Node::JsonDir(held, _)) => self.dir_attr(ino, Some(&held.properties.name)),
-                Some(Node::EnvFile(_, size)) => self.env_attr(ino, *size),
+                Some(node) => self.node_attr(ino, node),
                 None => return Err(FsError::NotFound),
             },
         };
         Ok((attr, self.config.attr_ttl))
+    }
+
+    /// The attributes of `ino`, which is `node`.
+    pub(super) fn node_attr(&self, ino: u64, node: &Node) -> FileAttr {
+        match node {
+            Node::File(held) => self.file_attr(ino, held),
+            Node::VersionsOf(name) => self.dir_attr(ino, Some(name)),
+            Node::JsonDir(held, _) => self.dir_attr(ino, Some(&held.properties.name)),
+            Node::EnvFile(_, size) => self.env_attr(ino, *size),
+        }
     }
 
     pub(super) fn file_attr(&self, ino: u64, held: &Held) -> FileAttr {

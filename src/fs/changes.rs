@@ -190,11 +190,14 @@ impl SecretFs {
                     .cache
                     .peek(name)
                     .is_some_and(|s| super::view::is_certificate(&s))
-                    || self.inodes().nodes().any(|(_, slot)| {
-                        matches!(&slot.node, Node::File(held)
-                            if held.properties.name.key() == name.key()
-                                && matches!(held.render, super::Render::Cert(_)))
-                    });
+                    || {
+                        let inodes = self.inodes();
+                        let name_key = name.key();
+                        inodes.files_of(&name_key).any(|(_, ino)| {
+                            matches!(inodes.get(ino), Some(Node::File(held))
+                                if matches!(held.render, super::Render::Cert(_)))
+                        })
+                    };
                 for (other, _) in self.views.names_of(name, certificate) {
                     invalidator.entry(ROOT, &other);
                 }

@@ -57,29 +57,27 @@ impl Inodes {
     /// The node `key` finds, with one more kernel reference; a new one (from `make`) if the
     /// key finds none.
     pub fn look_up(&mut self, key: Key, make: impl FnOnce() -> Node) -> (u64, &mut Node) {
-        let ino = match self.keys.get(&key) {
-            Some(&ino) => ino,
-            None => {
-                let ino = self.next;
-                self.next += 1;
-                self.keys.insert(key.clone(), ino);
-                self.slots.insert(
-                    ino,
-                    Slot {
-                        node: make(),
-                        lookups: 0,
-                        key,
-                    },
-                );
-                ino
-            }
-        };
-        let slot = self
-            .slots
-            .get_mut(&ino)
-            .expect("every key finds a live slot");
+        if self.keys.contains_key(&key) {
+            return self.refer(&key).expect("every key finds a live slot");
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.keys.insert(key.clone(), ino);
+        let slot = self.slots.entry(ino).or_insert(Slot {
+            node: make(),
+            lookups: 0,
+            key,
+        });
         slot.lookups += 1;
         (ino, &mut slot.node)
+    }
+
+    /// The node `key` finds, with one more kernel reference; None when it finds none.
+    pub fn refer(&mut self, key: &Key) -> Option<(u64, &mut Node)> {
+        let ino = *self.keys.get(key)?;
+        let slot = self.slots.get_mut(&ino)?;
+        slot.lookups += 1;
+        Some((ino, &mut slot.node))
     }
 
     pub fn get(&self, ino: u64) -> Option<&Node> {

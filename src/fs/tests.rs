@@ -47,7 +47,7 @@ fn fixture_with(ttl: Duration, rotation: Rotation, capacity: usize) -> Fixture {
     store.set_enabled("off", false);
     let fs = fs_over(store.clone(), &rt, ttl, rotation, capacity);
     let invalidated = Arc::new(Mutex::new(Vec::new()));
-    fs.set_invalidator(Box::new(Recorder(invalidated.clone())));
+    fs.set_invalidator(Arc::new(Recorder(invalidated.clone())));
     Fixture {
         _rt: rt,
         store,
@@ -94,6 +94,15 @@ fn fs_over(
 }
 
 impl Fixture {
+    /// The inode a lookup of `name` in `parent` answers (one more kernel reference).
+    fn ino(&self, parent: u64, name: &str) -> u64 {
+        self.on(self.fs.lookup(parent, &os(name)))
+            .unwrap()
+            .attr
+            .ino
+            .0
+    }
+
     /// Runs a filesystem call to its answer, as the adapter's task would.
     fn on<T>(&self, call: impl std::future::Future<Output = T>) -> T {
         self._rt.block_on(call)
@@ -181,12 +190,7 @@ fn request_timeout_bounds_a_stalled_store() {
 #[test]
 fn reads_are_clamped() {
     let f = fixture();
-    let ino = f
-        .on(f.fs.lookup(ROOT, &os("db-password")))
-        .unwrap()
-        .attr
-        .ino
-        .0;
+    let ino = f.ino(ROOT, "db-password");
     assert_eq!(
         f.on(f.fs.read(ino, 0, 0, 4096)).unwrap().as_bytes(),
         b"hunter2"
@@ -212,13 +216,10 @@ fn reads_are_clamped() {
 #[test]
 fn new_version_new_inode_old_one_readable_until_forgotten() {
     let f = fixture();
-    let old = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap().attr.ino.0;
-    assert_eq!(
-        f.on(f.fs.lookup(ROOT, &os("API-KEY"))).unwrap().attr.ino.0,
-        old
-    );
+    let old = f.ino(ROOT, "api-key");
+    assert_eq!(f.ino(ROOT, "API-KEY"), old);
     f.store.put("api-key", "rotated");
-    let new = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap().attr.ino.0;
+    let new = f.ino(ROOT, "api-key");
     assert_ne!(old, new);
     assert_eq!(f.on(f.fs.read(old, 0, 0, 100)).unwrap().as_bytes(), b"k");
     assert_eq!(
@@ -307,12 +308,7 @@ fn versions_directory_lists_and_reads_every_version() {
 #[test]
 fn xattrs_describe_the_version_not_the_value() {
     let f = fixture_with_ttl(Duration::from_secs(300));
-    let ino = f
-        .on(f.fs.lookup(ROOT, &os("db-password")))
-        .unwrap()
-        .attr
-        .ino
-        .0;
+    let ino = f.ino(ROOT, "db-password");
     let list = f.fs.listxattr(ino).unwrap();
     let text = String::from_utf8(list).unwrap();
     assert!(text.contains("user.kvfs.version\0"));
@@ -333,7 +329,7 @@ fn xattrs_describe_the_version_not_the_value() {
 #[test]
 fn in_place_rotation_keeps_one_inode_and_pins_open_handles() {
     let f = fixture_with(Duration::from_secs(300), Rotation::InPlace, 100);
-    let ino = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap().attr.ino.0;
+    let ino = f.ino(ROOT, "api-key");
     let before = f.on(f.fs.open(ino)).unwrap().handle.expect("a handle");
     f.store.put("api-key", "rotated");
     f._rt.block_on(async {
@@ -358,10 +354,7 @@ fn in_place_rotation_keeps_one_inode_and_pins_open_handles() {
             .contains(&format!("attr {ino}")),
         "the kernel forgets the old size"
     );
-    assert_eq!(
-        f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap().attr.ino.0,
-        ino
-    );
+    assert_eq!(f.ino(ROOT, "api-key"), ino);
     f.fs.release(before);
     assert_eq!(
         f.on(f.fs.read(ino, before, 0, 100)).unwrap().as_bytes(),
@@ -372,13 +365,8 @@ fn in_place_rotation_keeps_one_inode_and_pins_open_handles() {
 #[test]
 fn capacity_bounds_values_held_by_inodes() {
     let f = fixture_with(Duration::from_secs(300), Rotation::NewInode, 1);
-    let a = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap().attr.ino.0;
-    let b = f
-        .on(f.fs.lookup(ROOT, &os("db-password")))
-        .unwrap()
-        .attr
-        .ino
-        .0;
+    let a = f.ino(ROOT, "api-key");
+    let b = f.ino(ROOT, "db-password");
     assert_eq!(f.store.gets(), 2);
     // db-password evicted api-key's value; the inode fetches its exact version again.
     assert_eq!(f.on(f.fs.read(a, 0, 0, 100)).unwrap().as_bytes(), b"k");
@@ -411,7 +399,7 @@ fn only_the_vaults_spelling_is_kept_long_and_invalidated() {
 #[test]
 fn spellings_cost_no_memory() {
     let f = fixture_with_ttl(Duration::from_secs(300));
-    let ino = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap().attr.ino.0;
+    let ino = f.ino(ROOT, "api-key");
     let mut spelling = String::from("api-key");
     for i in 0..2000u32 {
         // Every case variant of the name in turn.
@@ -426,10 +414,7 @@ fn spellings_cost_no_memory() {
                 }
             })
             .collect();
-        assert_eq!(
-            f.on(f.fs.lookup(ROOT, &os(&spelling))).unwrap().attr.ino.0,
-            ino
-        );
+        assert_eq!(f.ino(ROOT, &spelling), ino);
     }
     let inodes = f.fs.inodes();
     assert_eq!(
@@ -442,24 +427,14 @@ fn spellings_cost_no_memory() {
 #[test]
 fn in_use_is_the_newest_version_even_when_an_older_one_was_opened_later() {
     let f = fixture();
-    let first = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap().attr.ino.0;
+    let first = f.ino(ROOT, "api-key");
     let old_version = f.fs.properties(first).unwrap().version.unwrap();
     f.fs.forget(first, 1);
     std::thread::sleep(Duration::from_millis(5)); // `updated` must move
     f.store.put("api-key", "rotated");
-    let current = f.on(f.fs.lookup(ROOT, &os("api-key"))).unwrap().attr.ino.0;
-    let dir = f
-        .on(f.fs.lookup(VERSIONS, &os("api-key")))
-        .unwrap()
-        .attr
-        .ino
-        .0;
-    let old = f
-        .on(f.fs.lookup(dir, &os(&old_version)))
-        .unwrap()
-        .attr
-        .ino
-        .0;
+    let current = f.ino(ROOT, "api-key");
+    let dir = f.ino(VERSIONS, "api-key");
+    let old = f.ino(dir, &old_version);
     assert!(old > current, "the old version has the higher inode number");
     let held = f.fs.in_use();
     assert_eq!(held.len(), 1);
@@ -470,19 +445,9 @@ fn in_use_is_the_newest_version_even_when_an_older_one_was_opened_later() {
 fn revocation_stops_every_inode_and_handle() {
     let f = fixture_with(Duration::from_secs(300), Rotation::InPlace, 100);
     let name = SecretName::parse("db-password").unwrap();
-    let ino = f
-        .on(f.fs.lookup(ROOT, &os("db-password")))
-        .unwrap()
-        .attr
-        .ino
-        .0;
+    let ino = f.ino(ROOT, "db-password");
     let handle = f.on(f.fs.open(ino)).unwrap().handle.unwrap();
-    let versions = f
-        .on(f.fs.lookup(VERSIONS, &os("db-password")))
-        .unwrap()
-        .attr
-        .ino
-        .0;
+    let versions = f.ino(VERSIONS, "db-password");
     let version =
         f.fs.cache()
             .peek(&name)
@@ -491,12 +456,7 @@ fn revocation_stops_every_inode_and_handle() {
             .version
             .clone()
             .unwrap();
-    let exact = f
-        .on(f.fs.lookup(versions, &os(&version)))
-        .unwrap()
-        .attr
-        .ino
-        .0;
+    let exact = f.ino(versions, &version);
     assert!(f.on(f.fs.read(exact, 0, 0, 100)).is_ok());
 
     f.fs.apply(&[Change::Gone(

@@ -112,13 +112,6 @@ impl Render {
     }
 }
 
-impl Render {
-    /// Whether a JSON view of `secret` can be made at all: EIO on malformed JSON.
-    pub fn check_json(&self, secret: &Secret) -> FsResult<()> {
-        json_entry(secret, &[]).map(|_| ())
-    }
-}
-
 /// What a path of keys is in a JSON secret.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JsonKind {
